@@ -1,0 +1,368 @@
+"""``make bench``: invsync's fold throughput and latency beside a raw-consumer floor, same run.
+
+1. Produce N events (POS sales with skewed SKU popularity, ~5% cycle counts) to fresh,
+   multi-partition input topics.
+2. **Baseline**: a plain confluent-kafka consumer (``consume(500)``) reads them, decodes each
+   value with fastavro (writer schema from the registry, parsed once) and folds on-hand into a
+   dict. Events/s from the first record consumed to the last.
+3. **invsync**: a real worker process (RocksDB store, changelog, availability output) folds the
+   same events. Events/s from the first availability record produced to the last (broker
+   timestamps), once the group's committed offsets reach the end of the inputs.
+4. **Latency**: sales produced at half of the measured invsync rate, stamped with the wall clock;
+   event-to-publish latency = availability record timestamp - the sale's ``occurred_at``.
+
+Writes ``bench/results/latest.json`` and prints a table. Not a test: nothing here asserts speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from invsync.settings import Settings, load_settings
+from streams import topics
+from streams.admin import create_topics
+from streams.codec import Codec
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+T0 = 1_767_225_600_000
+
+
+def _producer(settings: Settings) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 2_000_000,
+            "acks": "all",
+        }
+    )
+
+
+def _zipf_keys(rnd: random.Random, n_skus: int, n_stores: int, n: int) -> list[tuple[str, str]]:
+    weights = [1 / (rank + 1) for rank in range(n_skus)]
+    skus = rnd.choices(range(n_skus), weights=weights, k=n)
+    return [(f"SKU{s:05d}", f"S{rnd.randrange(n_stores):03d}") for s in skus]
+
+
+def produce_workload(settings: Settings, n: int, seed: int = 11) -> float:
+    """Produce n events (pre-encoded); returns seconds spent producing."""
+    rnd = random.Random(seed)
+    codec = Codec(settings)
+    sales, counts = topics.POS_SALES, topics.CYCLE_COUNTS
+    out = _producer(settings)
+    started = time.monotonic()
+    for i, (sku, loc) in enumerate(_zipf_keys(rnd, 2000, 40, n)):
+        at = T0 + i * 100
+        if i % 20 == 19:
+            spec = counts
+            value: dict[str, Any] = {
+                "event_id": f"c{i}",
+                "source": "counter",
+                "sku": sku,
+                "location": loc,
+                "occurred_at": at,
+                "count_id": f"cnt{i}",
+                "counted_at": at - 1000,
+                "counted_quantity": rnd.randint(0, 50),
+            }
+        else:
+            spec = sales
+            value = {
+                "event_id": f"s{i}",
+                "source": f"pos-{loc}",
+                "sku": sku,
+                "location": loc,
+                "occurred_at": at,
+                "quantity": rnd.choice((1, 1, 1, 2, 3, -1)),
+                "transaction_id": None,
+            }
+        data = codec.encode(spec, value)
+        while True:
+            try:
+                out.produce(spec.full_name(settings), key=f"{sku}|{loc}".encode(), value=data)
+                break
+            except BufferError:
+                out.poll(0.05)
+        if i % 1000 == 0:
+            out.poll(0)
+        if i % 100_000 == 0:
+            print(f"  produced {i:,}/{n:,}", flush=True)
+    out.flush(120)
+    return time.monotonic() - started
+
+
+def baseline(settings: Settings, n: int) -> float:
+    """A raw consume-decode-fold loop; returns events/s."""
+    codec = Codec(settings)
+    parsed: dict[int, Any] = {}
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"bench-baseline-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52_428_800,
+        }
+    )
+    consumer.subscribe(
+        [topics.POS_SALES.full_name(settings), topics.CYCLE_COUNTS.full_name(settings)]
+    )
+    on_hand: dict[bytes, int] = {}
+    seen = 0
+    first = last = 0.0
+    deadline = time.monotonic() + 600
+    while seen < n and time.monotonic() < deadline:
+        for msg in consumer.consume(500, timeout=1.0):
+            if msg.error():
+                continue
+            if not first:
+                first = time.monotonic()
+            value = msg.value()
+            schema_id = int.from_bytes(value[1:5], "big")
+            schema = parsed.get(schema_id)
+            if schema is None:
+                text = codec.registry.get_schema(schema_id).schema_str
+                schema = parsed[schema_id] = fastavro.parse_schema(orjson.loads(text))
+            record = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema)
+            key = msg.key()
+            if "counted_quantity" in record:
+                on_hand[key] = record["counted_quantity"]
+            else:
+                on_hand[key] = on_hand.get(key, 0) - record["quantity"]
+            seen += 1
+        last = time.monotonic()
+    consumer.close()
+    if seen < n:
+        raise RuntimeError(f"baseline read {seen} of {n} events")
+    return n / (last - first)
+
+
+def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-meta"})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in parts
+        }
+    finally:
+        consumer.close()
+
+
+def _caught_up(settings: Settings) -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    wanted = []
+    ends = {}
+    for spec in (topics.POS_SALES, topics.CYCLE_COUNTS):
+        name = spec.full_name(settings)
+        for p, end in _end_offsets(settings, name).items():
+            wanted.append(TopicPartition(name, p))
+            ends[(name, p)] = end
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    request = [ConsumerGroupTopicPartitions(settings.app_id, wanted)]
+    result = admin.list_consumer_group_offsets(request)[settings.app_id].result(timeout=10)
+    return all(tp.offset >= ends[(tp.topic, tp.partition)] for tp in result.topic_partitions)
+
+
+def _output_records(settings: Settings, since_ms: int = 0) -> list[tuple[int, dict[str, Any]]]:
+    """(broker timestamp, decoded value) of every availability record with timestamp >= since."""
+    topic = topics.availability(settings.default_channel).full_name(settings)
+    codec = Codec(settings)
+    ends = _end_offsets(settings, topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "bench-out",
+            "enable.auto.commit": False,
+        }
+    )
+    out: list[tuple[int, dict[str, Any]]] = []
+    try:
+        if since_ms:
+            query = [TopicPartition(topic, p, since_ms) for p in ends]
+            starts = {tp.partition: tp.offset for tp in consumer.offsets_for_times(query, 10)}
+        else:
+            starts = dict.fromkeys(ends, 0)
+        todo = {p for p in ends if 0 <= starts[p] < ends[p]}
+        consumer.assign([TopicPartition(topic, p, starts[p]) for p in todo])
+        deadline = time.monotonic() + 300
+        while todo and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=1.0):
+                if msg.error():
+                    continue
+                out.append((msg.timestamp()[1], codec.decode(topic, msg.value())))
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    todo.discard(msg.partition())
+    finally:
+        consumer.close()
+    return out
+
+
+def start_worker(settings: Settings, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    invsync = Path(sys.executable).parent / "invsync"
+    return subprocess.Popen(
+        [str(invsync), "worker"],
+        cwd=ROOT,
+        env=os.environ | env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(check: Any, timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited ({proc.returncode}) while waiting for {what}")
+        if check():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def invsync_throughput(settings: Settings, n: int, proc: subprocess.Popen[bytes]) -> float:
+    wait_for(lambda: _caught_up(settings), 1800, "the worker to consume every event", proc)
+    stamps = [ts for ts, _ in _output_records(settings)]
+    return n / ((max(stamps) - min(stamps)) / 1000)
+
+
+def latency(
+    settings: Settings, rate: float, seconds: float, proc: subprocess.Popen[bytes]
+) -> list[float]:
+    """Produce sales at ``rate``/s for ``seconds``; event-to-publish latencies in ms."""
+    out_fast = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "partitioner": "murmur2_random",
+            "linger.ms": 1,
+            "acks": "all",
+        }
+    )
+    codec = Codec(settings)
+    rnd = random.Random(5)
+    keys = _zipf_keys(rnd, 2000, 40, int(rate * seconds) + 1)
+    started_ms = int(time.time() * 1000)
+    started = time.monotonic()
+    for i, (sku, loc) in enumerate(keys):
+        due = started + i / rate
+        while (now := time.monotonic()) < due:
+            out_fast.poll(min(0.005, due - now))
+        value = {
+            "event_id": f"lat{i}",
+            "source": f"pos-{loc}",
+            "sku": sku,
+            "location": loc,
+            "occurred_at": int(time.time() * 1000),
+            "quantity": 1,
+            "transaction_id": None,
+        }
+        out_fast.produce(
+            topics.POS_SALES.full_name(settings),
+            key=f"{sku}|{loc}".encode(),
+            value=codec.encode(topics.POS_SALES, value),
+        )
+    out_fast.flush(60)
+    wait_for(lambda: _caught_up(settings), 300, "the latency phase to be consumed", proc)
+    return [
+        ts - rec["as_of"]
+        for ts, rec in _output_records(settings, started_ms)
+        if rec["as_of"] >= started_ms
+    ]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else (values[0] if values else float("nan"))
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    run = uuid.uuid4().hex[:6]
+    env = {
+        "INVSYNC_TOPIC_PREFIX": f"bench{run}.",
+        "INVSYNC_APP_ID": f"invsync-bench-{run}",
+        "INVSYNC_LOG_LEVEL": "warn",
+    }
+    settings = load_settings(topic_prefix=env["INVSYNC_TOPIC_PREFIX"], app_id=env["INVSYNC_APP_ID"])
+    create_topics(settings)
+    print(f"producing {args.events:,} events to {settings.partitions} partitions ...")
+    produce_s = produce_workload(settings, args.events)
+    print(f"  {args.events / produce_s:,.0f} events/s produced")
+    print("baseline: raw confluent-kafka consume(500) + fastavro decode + dict fold ...")
+    baseline_eps = baseline(settings, args.events)
+    print(f"  {baseline_eps:,.0f} events/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        env["INVSYNC_STATE_DIR"] = str(Path(tmp) / "state")
+        log = RESULTS / "worker.log"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        proc = start_worker(settings, env, log)
+        try:
+            print("invsync: worker folding the same events ...")
+            invsync_eps = invsync_throughput(settings, args.events, proc)
+            print(f"  {invsync_eps:,.0f} events/s")
+            rate = invsync_eps / 2
+            print(f"latency at {rate:,.0f} events/s for {args.latency_seconds:.0f}s ...")
+            lat = latency(settings, rate, args.latency_seconds, proc)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    result = {
+        "events": args.events,
+        "partitions": settings.partitions,
+        "baseline_eps": round(baseline_eps),
+        "invsync_eps": round(invsync_eps),
+        "ratio": round(invsync_eps / baseline_eps, 3),
+        "latency_load_eps": round(rate),
+        "p50_ms": round(_pct(lat, 50), 1),
+        "p99_ms": round(_pct(lat, 99), 1),
+        "latency_samples": len(lat),
+        "commit": commit,
+        "cpus": os.cpu_count(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (RESULTS / "latest.json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    print()
+    print(
+        f"{'events':>10} {'baseline eps':>13} {'invsync eps':>12} {'ratio':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7}"
+    )
+    print(
+        f"{result['events']:>10,} {result['baseline_eps']:>13,} {result['invsync_eps']:>12,} "
+        f"{result['ratio']:>6} {result['p50_ms']:>7} {result['p99_ms']:>7}"
+    )
+    AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics(
+        [s.full_name(settings) for s in topics.all_topics(settings)]
+    )
+
+
+if __name__ == "__main__":
+    main()

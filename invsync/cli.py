@@ -1,0 +1,168 @@
+"""The ``invsync`` command: run the local stack, create topics, run the worker, simulate, tail."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from invsync.settings import Settings, SettingsError, load_settings
+
+console = Console()
+app = typer.Typer(
+    help="invsync: real-time inventory availability on Kafka. Settings come from INVSYNC_* "
+    "environment variables (see README).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(
+    help="Local Kafka + schema registry + Redis, run as plain processes.", no_args_is_help=True
+)
+topics_app = typer.Typer(help="Create and list the topics of the catalogue.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _say(message: str) -> None:
+    console.print(message)
+
+
+@stack_app.command("install")
+def stack_install() -> None:
+    """Fetch the Kafka and Apicurio jars (Maven) if they are not cached yet."""
+    from invsync import stack
+
+    stack.install(_settings(), progress=_say)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka (KRaft), Apicurio Registry and Redis; wait until each answers. Idempotent."""
+    from invsync import stack
+
+    _print_status(stack.up(_settings(), progress=_say))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the services `stack up` started (and nothing else)."""
+    from invsync import stack
+
+    stack.down(_settings(), progress=_say)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show which local services run and where they listen."""
+    from invsync import stack
+
+    statuses = stack.status(_settings())
+    _print_status(statuses)
+    if not all(s.running for s in statuses):
+        raise typer.Exit(1)
+
+
+def _print_status(statuses: list[Any]) -> None:
+    table = Table("service", "running", "pid", "endpoint", "log")
+    for s in statuses:
+        table.add_row(
+            s.name, "yes" if s.running else "no", str(s.pid or "-"), s.endpoint, str(s.log)
+        )
+    console.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic of the catalogue that is missing (idempotent), then check them all."""
+    from streams.admin import create_topics
+
+    settings = _settings()
+    created = create_topics(settings)
+    console.print(f"created {len(created)} topic(s): {', '.join(created) or '-'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List the catalogue: name, key, schema, partitions, cleanup policy."""
+    from streams.topics import all_topics
+
+    settings = _settings()
+    table = Table("topic", "role", "key", "value schema", "partitions", "cleanup")
+    for spec in all_topics(settings):
+        table.add_row(
+            spec.full_name(settings),
+            spec.role,
+            spec.key,
+            f"schemas/avro/{spec.schema}.avsc",
+            str(spec.partitions or settings.partitions),
+            spec.cleanup_policy(),
+        )
+    console.print(table)
+
+
+@app.command()
+def worker() -> None:
+    """Run the fold worker (Faust) until Ctrl-C. Fails fast on bad settings or missing topics."""
+    from invsync import worker as worker_module
+    from streams.admin import ClusterUnavailable, TopicsMissing
+
+    try:
+        worker_module.run(_settings())
+    except (ClusterUnavailable, TopicsMissing) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def simulate(
+    events: Annotated[int, typer.Option(help="events to produce; 0 = run until Ctrl-C")] = 100_000,
+    rate: Annotated[float, typer.Option(help="events per second; 0 = as fast as possible")] = 2_000,
+    skus: Annotated[int, typer.Option(help="number of SKUs")] = 500,
+    stores: Annotated[int, typer.Option(help="number of stores")] = 20,
+    dcs: Annotated[int, typer.Option(help="number of distribution centres")] = 2,
+    duplicates: Annotated[float, typer.Option(help="share of events sent twice")] = 0.01,
+    out_of_order: Annotated[float, typer.Option(help="share of events delayed")] = 0.02,
+    poison: Annotated[float, typer.Option(help="share of poison (undecodable) messages")] = 0.001,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same stream)")] = 7,
+) -> None:
+    """Produce a realistic stream of POS sales and cycle counts to the input topics."""
+    from invsync import simulate as simulate_module
+
+    config = simulate_module.SimulationConfig(
+        events=events,
+        rate=rate,
+        skus=skus,
+        stores=stores,
+        dcs=dcs,
+        duplicate_share=duplicates,
+        out_of_order_share=out_of_order,
+        poison_share=poison,
+        seed=seed,
+    )
+    simulate_module.run(_settings(), config, console=console)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="topic to read, e.g. availability.web")],
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest record")] = False,
+    limit: Annotated[int, typer.Option(help="stop after this many records; 0 = never")] = 0,
+) -> None:
+    """Print a topic's records decoded from Avro as JSON lines (Ctrl-C to stop)."""
+    from invsync import tail as tail_module
+
+    tail_module.run(_settings(), topic, from_beginning=from_beginning, limit=limit)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,131 @@
+"""The one settings object, read from ``INVSYNC_*`` environment variables.
+
+Every process (worker, simulator, stack, tests, bench) reads its configuration through
+:func:`load_settings`. A bad value stops the process at start-up with a message that names the
+variable and says what is expected; nothing reads ``os.environ`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "INVSYNC_"
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class SettingsError(SystemExit):
+    """Raised (and exits the process with status 2) when a setting is invalid."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Settings(BaseSettings):
+    """Configuration of an invsync process. Field ``x`` is read from ``INVSYNC_X``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- endpoints -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:19092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    schema_registry_url: str = Field(
+        "http://127.0.0.1:18081/apis/ccompat/v7",
+        description="Confluent-compatible schema registry base URL",
+    )
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Redis read model URL")
+
+    # --- topics and the app ----------------------------------------------------------------
+    app_id: str = Field("invsync", description="Faust app id = consumer group id")
+    topic_prefix: str = Field(
+        "", description="prefix for every topic name (isolates test runs on one broker)"
+    )
+    partitions: int = Field(6, ge=1, le=1024, description="partitions of every input topic")
+    replication_factor: int = Field(1, ge=1, le=5, description="replication of every topic")
+    channels: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("web",), description="commerce channels, comma separated; each gets availability.<ch>"
+    )
+
+    # --- worker ----------------------------------------------------------------------------
+    state_dir: Path = Field(Path(".state"), description="local table state (RocksDB) directory")
+    store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="table store: rocksdb (durable, local) or memory (tests)"
+    )
+    web_port: int = Field(6066, ge=1, le=65535, description="worker HTTP port (metrics, health)")
+    batch_max: int = Field(2000, ge=1, le=100_000, description="max events folded per batch")
+    batch_within_ms: int = Field(50, ge=1, le=60_000, description="max wait to fill a batch")
+    lateness_ms: int = Field(
+        600_000, ge=0, description="event-time lateness bound; later events are marked late"
+    )
+    startup_timeout_s: float = Field(
+        60.0, gt=0, description="give up (exit non-zero) if Kafka/registry stay unreachable"
+    )
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
+
+    # --- local stack (invsync stack up) ----------------------------------------------------
+    stack_dir: Path = Field(Path(".stack"), description="jars, data and logs of the local stack")
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(19093, ge=1, le=65535)
+    registry_port: int = Field(18081, ge=1, le=65535)
+    redis_port: int = Field(16379, ge=1, le=65535)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one channel is required, e.g. INVSYNC_CHANNELS=web")
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"channel {name!r} must match {_NAME.pattern}")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_registry(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "mock://")):
+            raise ValueError("must start with http://, https:// or mock://")
+        return value.rstrip("/")
+
+    @cached_property
+    def default_channel(self) -> str:
+        return self.channels[0]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (``overrides`` win); exit 2 naming a bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = ["invalid settings:"]
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            env = f"{ENV_PREFIX}{field.upper()}"
+            got = error.get("input")
+            lines.append(f"  {env}={got!r}: {error['msg']}")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,806 @@
+"""``invsync simulate``: a realistic stream of POS sales and cycle counts for the input topics.
+
+What the stream models
+----------------------
+* **Network.** Stores ``S001``... and distribution centres ``DC01``...; SKUs ``SKU00001``... with
+  Zipf-like popularity (exponent :data:`ZIPF_EXPONENT`, ranks shuffled by the seed) and stores of
+  unequal size (log-normal weights). Each store is replenished from one DC, each DC from a supplier.
+* **Hidden true stock** per sku-location, starting at a plausible level (days of cover of its
+  expected demand). It falls with sales and with unrecorded shrink (theft, damage: a small chance
+  after each sale at a store, and per DC shipment), rises with returns, and is replenished
+  (order-up-to) when it falls to a reorder point, after a lead time. Nobody sees it except through
+  the events below.
+* **POS sales** only at stores, as a non-homogeneous Poisson process in *simulated event time*:
+  :attr:`SimulationConfig.sales_per_second` on average over the network, following a daily cycle
+  (UTC hours; little at night, peaks at midday and in the evening, peak ~1.9x the mean). Basket
+  quantities are mostly 1. A customer cannot buy what is not on the shelf: a sale is capped at the
+  true stock, and at 0 it is a lost sale (no event) -- so phantom stock shows up as a key that
+  stops selling. ~2% of POS events are returns (negative quantity, back on the shelf).
+* **Cycle counts** (``inventory.counts``), as-of snapshots of the true stock with occasional
+  miscount noise (never negative), reported a few minutes after counting
+  (``counted_at <= occurred_at``):
+  an *opening* wall-to-wall count of every key just before the first sale (so the worker starts
+  from a known position; :attr:`SimulationConfig.opening_counts`), *periodic* counts (every key of
+  a store every ~:data:`STORE_COUNT_DAYS` days, of a DC every ~:data:`DC_COUNT_DAYS` days, spread
+  round-robin over time; less often for large assortments, so that periodic counts stay below
+  ~5% of the sales rate), and a *verification count* shortly after each replenishment receipt.
+* **Transport faults**, applied to the stream above: with probability ``duplicate_share`` an
+  output slot re-sends a record produced in the last few simulated minutes, byte-identical;
+  with probability ``out_of_order_share`` a record is held back and sent after later ones (up to
+  :data:`MAX_HOLD_MS` of simulated time); with probability ``poison_share`` a slot carries bytes
+  that are not Confluent-wire-format Avro (random bytes, an unknown schema id, a truncated header,
+  JSON) under a valid key. Together, event-time disorder stays inside the default 10-minute
+  lateness bound.
+
+Limits
+------
+* Only the two topics are produced: receipts, DC-to-store shipments and shrink are not published
+  (no WMS stream, no reservations), so the worker learns about them only through counts -- which
+  is why a verification count follows every receipt. A DC's recorded position therefore only
+  moves with its counts (its shipments to stores are invisible).
+* One time zone (UTC) for every store; no weekly or seasonal pattern, no promotions, no scan
+  errors (one SKU scanned as another), no assortment changes.
+* Event time runs at the simulated pace regardless of the produce rate: at the defaults the
+  network sells ~1 event per simulated second, so 100,000 events span about a day that ends near
+  now (``start_ms=None`` starts one day ago). Much longer runs run into the future.
+
+:func:`generate` is pure and deterministic (same config, same records; no Kafka). Pass
+``start_ms`` explicitly for a reproducible stream: with ``None`` it depends on the wall clock.
+:func:`run` produces it to Kafka.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from itertools import accumulate
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from invsync.settings import Settings
+from streams.topics import CYCLE_COUNTS, POS_SALES, TopicSpec, make_key
+
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+# --- the model's tunables (not CLI options) -------------------------------------------------
+ZIPF_EXPONENT = 1.0
+STORE_SIZE_SIGMA = 0.4  # log-normal spread of store sizes
+RETURN_SHARE = 0.02  # share of POS events that are returns
+BASKET_QUANTITIES = (1, 2, 3, 4, 5, 6)
+BASKET_CUM_WEIGHTS = (0.80, 0.93, 0.97, 0.985, 0.995, 1.0)
+MEAN_UNITS_PER_SALE = 1.3
+SHRINK_PER_SALE = 0.01  # chance a store sale is followed by an unrecorded loss at that store
+DC_SHRINK_PER_SHIPMENT = 0.003
+STORE_COVER_DAYS = (3.0, 5.0)  # order-up-to level, in days of expected demand
+STORE_REORDER_DAYS = 1.5
+STORE_LEAD_MS = (12 * HOUR_MS, 36 * HOUR_MS)
+DC_COVER_DAYS = (12.0, 16.0)
+DC_REORDER_DAYS = 6.0
+DC_LEAD_MS = (3 * DAY_MS, 5 * DAY_MS)
+STORE_COUNT_DAYS = 7.0
+DC_COUNT_DAYS = 14.0
+MAX_PERIODIC_COUNT_SHARE = 0.05  # large assortments: periodic counts capped at 5% of sales
+STORE_MISCOUNT = 0.08  # chance a store count is off
+DC_MISCOUNT = 0.01
+REPORT_DELAY_MS = (30 * SECOND_MS, 4 * MINUTE_MS)  # counted_at -> occurred_at
+VERIFY_DELAY_MS = (10 * MINUTE_MS, 60 * MINUTE_MS)  # receipt -> verification count
+OPENING_COUNT_LEAD_MS = 4 * MINUTE_MS  # opening counts: counted_at = start - this
+MIN_HOLD_MS = SECOND_MS
+MAX_HOLD_MS = 5 * MINUTE_MS  # out-of-order delay bound (inside the 10-minute lateness bound)
+DUPLICATE_WINDOW_MS = 5 * MINUTE_MS  # duplicates re-send a record at most this old
+RECENT_MAX = 4096
+UNKNOWN_SCHEMA_ID = 0x7FFFFFFF
+
+# Hourly (UTC) demand profile; normalised to mean 1 and interpolated linearly.
+_HOURLY = (
+    0.04, 0.02, 0.02, 0.02, 0.03, 0.06, 0.15, 0.35, 0.65, 0.95, 1.20, 1.50,
+    1.75, 1.70, 1.45, 1.30, 1.40, 1.65, 1.85, 1.75, 1.35, 0.90, 0.45, 0.15,
+)  # fmt: skip
+_MEAN = sum(_HOURLY) / len(_HOURLY)
+DAILY_PROFILE = tuple(weight / _MEAN for weight in _HOURLY)
+PEAK_FACTOR = max(DAILY_PROFILE)
+
+KINDS = ("sale", "return", "count", "duplicate", "poison")
+
+
+def demand_factor(at_ms: float) -> float:
+    """Relative demand (mean 1 over a day) at simulated time ``at_ms`` (UTC)."""
+    hours = (at_ms % DAY_MS) / HOUR_MS
+    hour = int(hours)
+    frac = hours - hour
+    return DAILY_PROFILE[hour] * (1 - frac) + DAILY_PROFILE[(hour + 1) % 24] * frac
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """What to simulate and how fast to produce it.
+
+    ``events`` counts output records (duplicates and poison included; 0 = endless); ``rate`` is
+    the produce rate in events per wall-clock second (0 = unthrottled). ``sales_per_second`` is
+    the network's mean POS events per *simulated* second: it sets how fast event time advances.
+    """
+
+    events: int = 100_000
+    rate: float = 2_000.0
+    skus: int = 500
+    stores: int = 20
+    dcs: int = 2
+    duplicate_share: float = 0.01
+    out_of_order_share: float = 0.02
+    poison_share: float = 0.001
+    seed: int = 7
+    start_ms: int | None = None  # simulated start (UTC millis); None = now minus one day
+    sales_per_second: float = 1.0
+    opening_counts: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.events >= 0, "events", "must be >= 0 (0 = endless)")
+        _require(math.isfinite(self.rate) and self.rate >= 0, "rate", "must be >= 0")
+        for name in ("skus", "stores", "dcs"):
+            _require(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("duplicate_share", "out_of_order_share", "poison_share"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
+        _require(
+            self.duplicate_share + self.poison_share < 1,
+            "duplicate_share",
+            "duplicate_share + poison_share must be < 1",
+        )
+        _require(
+            math.isfinite(self.sales_per_second) and self.sales_per_second > 0,
+            "sales_per_second",
+            "must be > 0",
+        )
+        _require(self.start_ms is None or self.start_ms >= 0, "start_ms", "must be >= 0")
+
+    def resolved_start_ms(self) -> int:
+        if self.start_ms is not None:
+            return self.start_ms
+        return int(time.time() * 1000) - DAY_MS
+
+
+def _require(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{option}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimRecord:
+    """One output record. ``value`` is the Avro record as a dict (timestamps as int millis);
+    ``raw`` is set only for poison (and ``value`` is then None). ``delay_ms`` > 0 marks a record
+    held back and sent out of order (by that much simulated time)."""
+
+    spec: TopicSpec
+    key: str
+    value: dict[str, Any] | None
+    raw: bytes | None = None
+    kind: str = "sale"
+    delay_ms: int = 0
+
+
+# --- the world: hidden stock, sales, replenishment, counts -------------------------------------
+
+
+@dataclass(slots=True)
+class _Stock:
+    units: int
+    reorder_point: int
+    order_up_to: int
+    on_order: bool = False
+
+
+@dataclass(order=True, slots=True)
+class _Action:
+    at: int
+    seq: int
+    kind: str = field(compare=False)  # count | verify | report | receipt
+    payload: Any = field(compare=False)
+
+
+class _World:
+    """The network and its hidden stock; :meth:`records` yields primary records in event time."""
+
+    def __init__(self, config: SimulationConfig, start_ms: int) -> None:
+        self.config = config
+        self.start_ms = start_ms
+        self.run_tag = f"{config.seed}-{start_ms}"
+        self.rng = random.Random(f"invsync-simulate-world-{config.seed}")
+        self.skus = [f"SKU{i:05d}" for i in range(1, config.skus + 1)]
+        self.stores = [f"S{i:03d}" for i in range(1, config.stores + 1)]
+        self.dcs = [f"DC{i:02d}" for i in range(1, config.dcs + 1)]
+        self.locations = self.stores + self.dcs
+        self.sku_share = self._zipf_shares(config.skus)
+        self.sku_cum = list(accumulate(self.sku_share))
+        sizes = [self.rng.lognormvariate(0, STORE_SIZE_SIGMA) for _ in self.stores]
+        self.store_share = [size / sum(sizes) for size in sizes]
+        self.store_cum = list(accumulate(self.store_share))
+        self.units_per_day = config.sales_per_second * 86_400 * MEAN_UNITS_PER_SALE
+        self.stock: dict[tuple[int, int], _Stock] = {}
+        self.actions: list[_Action] = []
+        self.seq = 0
+        self.counters: Counter[str] = Counter()
+        self.lost_sales = 0
+        self.count_order = [self._permutation(config.skus) for _ in self.locations]
+        self.count_cursor = [0] * len(self.locations)
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _zipf_shares(self, n: int) -> list[float]:
+        ranks = list(range(1, n + 1))
+        self.rng.shuffle(ranks)
+        weights = [1.0 / rank**ZIPF_EXPONENT for rank in ranks]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    def _permutation(self, n: int) -> list[int]:
+        order = list(range(n))
+        self.rng.shuffle(order)
+        return order
+
+    def _is_store(self, loc: int) -> bool:
+        return loc < len(self.stores)
+
+    def _dc_of(self, store: int) -> int:
+        return len(self.stores) + store % len(self.dcs)
+
+    def _daily_demand(self, sku: int, loc: int) -> float:
+        if self._is_store(loc):
+            return self.units_per_day * self.sku_share[sku] * self.store_share[loc]
+        served = sum(s for i, s in enumerate(self.store_share) if self._dc_of(i) == loc)
+        return self.units_per_day * self.sku_share[sku] * served
+
+    def _state(self, sku: int, loc: int) -> _Stock:
+        stock = self.stock.get((sku, loc))
+        if stock is None:
+            stock = self._initial_stock(sku, loc)
+            self.stock[(sku, loc)] = stock
+        return stock
+
+    def _initial_stock(self, sku: int, loc: int) -> _Stock:
+        daily = self._daily_demand(sku, loc)
+        if self._is_store(loc):
+            cover, reorder_days, floor = self.rng.uniform(*STORE_COVER_DAYS), STORE_REORDER_DAYS, 4
+        else:
+            cover, reorder_days, floor = self.rng.uniform(*DC_COVER_DAYS), DC_REORDER_DAYS, 20
+        order_up_to = max(floor, round(daily * cover))
+        reorder_point = min(order_up_to - 1, max(1, round(daily * reorder_days)))
+        units = self.rng.randint(reorder_point + 1, order_up_to)
+        return _Stock(units, reorder_point, order_up_to)
+
+    # -- the event loop --------------------------------------------------------------------------
+
+    def records(self) -> Iterator[tuple[int, SimRecord]]:
+        """Primary records (sales, returns, counts) as ``(event time, record)``, in event time."""
+        if self.config.opening_counts:
+            yield from self._opening_counts()
+        self._schedule_periodic_counts()
+        next_sale = self._next_sale_after(float(self.start_ms))
+        while True:
+            if self.actions and self.actions[0].at <= next_sale:
+                action = heapq.heappop(self.actions)
+                record = self._handle(action)
+                at = action.at
+            else:
+                at = int(next_sale)
+                record = self._sale(at)
+                next_sale = self._next_sale_after(next_sale)
+            if record is not None:
+                yield at, record
+
+    def _schedule(self, at: int, kind: str, payload: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.actions, _Action(at, self.seq, kind, payload))
+
+    def _handle(self, action: _Action) -> SimRecord | None:
+        if action.kind == "report":
+            record: SimRecord = action.payload
+            return record
+        if action.kind == "count":
+            self._periodic_count(action.at, action.payload)
+        elif action.kind == "verify":
+            sku, loc = action.payload
+            self._count(action.at, sku, loc)
+        elif action.kind == "receipt":
+            self._receive(action.at, *action.payload)
+        return None
+
+    def _next_sale_after(self, at: float) -> float:
+        """Next POS arrival after ``at``: thinning of a Poisson process at the peak intensity."""
+        peak_per_ms = self.config.sales_per_second * PEAK_FACTOR / SECOND_MS
+        while True:
+            at += self.rng.expovariate(peak_per_ms)
+            if self.rng.random() * PEAK_FACTOR < demand_factor(at):
+                return at
+
+    # -- sales -----------------------------------------------------------------------------------
+
+    def _sale(self, at: int) -> SimRecord | None:
+        rng = self.rng
+        store = bisect.bisect(self.store_cum, rng.random() * self.store_cum[-1])
+        store = min(store, len(self.stores) - 1)
+        sku = min(bisect.bisect(self.sku_cum, rng.random() * self.sku_cum[-1]), len(self.skus) - 1)
+        stock = self._state(sku, store)
+        if rng.random() < RETURN_SHARE:
+            quantity = -2 if rng.random() < 0.1 else -1
+            stock.units -= quantity
+            kind = "return"
+        else:
+            wanted = BASKET_QUANTITIES[bisect.bisect(BASKET_CUM_WEIGHTS, rng.random())]
+            quantity = min(wanted, stock.units)
+            if quantity <= 0:
+                self.lost_sales += 1
+                return None
+            stock.units -= quantity
+            kind = "sale"
+            self._maybe_shrink(at, store)
+            self._maybe_reorder(at, sku, store)
+        return self._sale_record(at, sku, store, quantity, kind)
+
+    def _sale_record(self, at: int, sku: int, store: int, quantity: int, kind: str) -> SimRecord:
+        location = self.locations[store]
+        source = f"pos-{location}"
+        value = {
+            "event_id": self._next_id(source),
+            "source": source,
+            "sku": self.skus[sku],
+            "location": location,
+            "occurred_at": at,
+            "quantity": quantity,
+            "transaction_id": f"{location}-{self._next_id('txn-' + location)}",
+        }
+        return SimRecord(POS_SALES, make_key(self.skus[sku], location), value, kind=kind)
+
+    def _next_id(self, source: str) -> str:
+        self.counters[source] += 1
+        return f"{self.run_tag}-{self.counters[source]}"
+
+    def _maybe_shrink(self, at: int, store: int) -> None:
+        if self.rng.random() >= SHRINK_PER_SALE:
+            return
+        sku = min(bisect.bisect(self.sku_cum, self.rng.random()), len(self.skus) - 1)
+        stock = self._state(sku, store)
+        stock.units -= min(stock.units, self.rng.randint(1, 2))
+        self._maybe_reorder(at, sku, store)
+
+    # -- replenishment ---------------------------------------------------------------------------
+
+    def _maybe_reorder(self, at: int, sku: int, loc: int) -> None:
+        stock = self._state(sku, loc)
+        if stock.on_order or stock.units > stock.reorder_point:
+            return
+        stock.on_order = True
+        wanted = stock.order_up_to - stock.units
+        if self._is_store(loc):
+            quantity = self._ship_from_dc(at, sku, self._dc_of(loc), wanted)
+            lead = self.rng.randint(*STORE_LEAD_MS)
+        else:
+            quantity, lead = wanted, self.rng.randint(*DC_LEAD_MS)
+        self._schedule(at + lead, "receipt", (sku, loc, quantity))
+
+    def _ship_from_dc(self, at: int, sku: int, dc: int, wanted: int) -> int:
+        stock = self._state(sku, dc)
+        shipped = min(wanted, stock.units)
+        stock.units -= shipped
+        if stock.units > 0 and self.rng.random() < DC_SHRINK_PER_SHIPMENT:
+            stock.units -= 1
+        self._maybe_reorder(at, sku, dc)
+        return shipped
+
+    def _receive(self, at: int, sku: int, loc: int, quantity: int) -> None:
+        stock = self._state(sku, loc)
+        stock.units += quantity
+        stock.on_order = False
+        if quantity > 0:
+            self._schedule(at + self.rng.randint(*VERIFY_DELAY_MS), "verify", (sku, loc))
+        self._maybe_reorder(at, sku, loc)
+
+    # -- counts ----------------------------------------------------------------------------------
+
+    def _opening_counts(self) -> Iterator[tuple[int, SimRecord]]:
+        """A wall-to-wall count of every key as of just before the start, reported in bulk."""
+        counted_at = self.start_ms - OPENING_COUNT_LEAD_MS
+        keys = [(sku, loc) for loc in range(len(self.locations)) for sku in range(len(self.skus))]
+        span = OPENING_COUNT_LEAD_MS - REPORT_DELAY_MS[0]
+        for i, (sku, loc) in enumerate(keys):
+            reported_at = counted_at + REPORT_DELAY_MS[0] + span * i // len(keys)
+            yield reported_at, self._count_record(counted_at, reported_at, sku, loc)
+
+    def _count_interval_ms(self, loc: int) -> float:
+        """Time between two periodic counts at ``loc``: its whole assortment every few days,
+        but never more than :data:`MAX_PERIODIC_COUNT_SHARE` of the sales rate in total."""
+        days = STORE_COUNT_DAYS if self._is_store(loc) else DC_COUNT_DAYS
+        budget_per_ms = MAX_PERIODIC_COUNT_SHARE * self.config.sales_per_second / SECOND_MS
+        return max(days * DAY_MS / len(self.skus), len(self.locations) / budget_per_ms)
+
+    def _schedule_periodic_counts(self) -> None:
+        for loc in range(len(self.locations)):
+            first = self.rng.uniform(0, self._count_interval_ms(loc))
+            self._schedule(self.start_ms + int(first), "count", loc)
+
+    def _periodic_count(self, at: int, loc: int) -> None:
+        order = self.count_order[loc]
+        sku = order[self.count_cursor[loc] % len(order)]
+        self.count_cursor[loc] += 1
+        self._count(at, sku, loc)
+        gap = self._count_interval_ms(loc) * self.rng.uniform(0.5, 1.5)
+        self._schedule(at + max(1, int(gap)), "count", loc)
+
+    def _count(self, counted_at: int, sku: int, loc: int) -> None:
+        reported_at = counted_at + self.rng.randint(*REPORT_DELAY_MS)
+        record = self._count_record(counted_at, reported_at, sku, loc)
+        self._schedule(reported_at, "report", record)
+
+    def _count_record(self, counted_at: int, reported_at: int, sku: int, loc: int) -> SimRecord:
+        location = self.locations[loc]
+        source = f"rf-{location}"
+        value = {
+            "event_id": self._next_id(source),
+            "source": source,
+            "sku": self.skus[sku],
+            "location": location,
+            "occurred_at": reported_at,
+            "count_id": f"CC-{location}-{self._next_id('count-' + location)}",
+            "counted_at": counted_at,
+            "counted_quantity": self._counted(self._state(sku, loc).units, loc),
+        }
+        return SimRecord(CYCLE_COUNTS, make_key(self.skus[sku], location), value, kind="count")
+
+    def _counted(self, units: int, loc: int) -> int:
+        miscount = STORE_MISCOUNT if self._is_store(loc) else DC_MISCOUNT
+        if self.rng.random() >= miscount:
+            return units
+        error = self.rng.randint(1, max(1, round(units * 0.05)) + 2)
+        return max(0, units + (error if self.rng.random() < 0.5 else -error))
+
+
+# --- transport faults: duplicates, out-of-order, poison -------------------------------------------
+
+
+class _Faults:
+    """Turns the world's ordered records into the output stream of exactly ``events`` records."""
+
+    def __init__(self, config: SimulationConfig, world: _World) -> None:
+        self.config = config
+        self.world = world
+        self.rng = random.Random(f"invsync-simulate-faults-{config.seed}")
+        self.recent: deque[tuple[int, SimRecord]] = deque(maxlen=RECENT_MAX)
+        self.held: list[tuple[int, int, int, SimRecord]] = []  # (release, seq, event time, rec)
+        self.clock = world.start_ms
+
+    def __iter__(self) -> Iterator[SimRecord]:
+        config, rng = self.config, self.rng
+        limit, emitted, seq = config.events, 0, 0
+        source = self.world.records()
+        poison_below = config.poison_share
+        duplicate_below = poison_below + config.duplicate_share
+        while not limit or emitted + len(self.held) < limit:
+            roll = rng.random()
+            if roll < poison_below:
+                yield self._poison()
+                emitted += 1
+                continue
+            if roll < duplicate_below and (duplicate := self._duplicate()) is not None:
+                yield duplicate
+                emitted += 1
+                continue
+            at, record = next(source)
+            self.clock = at
+            for released in self._release(at):
+                yield released
+                emitted += 1
+            if rng.random() < config.out_of_order_share:
+                delay = rng.randint(MIN_HOLD_MS, MAX_HOLD_MS)
+                seq += 1
+                heapq.heappush(self.held, (at + delay, seq, at, replace(record, delay_ms=delay)))
+                continue
+            self.recent.append((at, record))
+            yield record
+            emitted += 1
+        yield from self._release(None)  # the end: what is still held goes out last
+
+    def _release(self, until: int | None) -> Iterator[SimRecord]:
+        while self.held and (until is None or self.held[0][0] <= until):
+            _, _, at, record = heapq.heappop(self.held)
+            self.recent.append((at, record))
+            yield record
+
+    def _duplicate(self) -> SimRecord | None:
+        recent = self.recent
+        while recent and recent[0][0] < self.clock - DUPLICATE_WINDOW_MS:
+            recent.popleft()
+        if not recent:
+            return None
+        original = recent[self.rng.randrange(len(recent))][1]
+        return SimRecord(original.spec, original.key, original.value, kind="duplicate")
+
+    def _poison(self) -> SimRecord:
+        rng = self.rng
+        spec = POS_SALES if rng.random() < 0.8 else CYCLE_COUNTS
+        key = make_key(rng.choice(self.world.skus), rng.choice(self.world.locations))
+        variant = rng.randrange(4)
+        if variant == 0:  # random bytes, no magic byte
+            raw = bytes([rng.randint(1, 255)]) + rng.randbytes(rng.randint(0, 40))
+        elif variant == 1:  # wire format header with a schema id nobody registered
+            raw = b"\x00" + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + rng.randbytes(rng.randint(0, 24))
+        elif variant == 2:  # truncated: the magic byte and part of the schema id
+            raw = b"\x00" + rng.randbytes(rng.randint(0, 3))
+        else:  # JSON instead of Avro, a classic producer misconfiguration
+            raw = orjson.dumps({"sku": key.split("|")[0], "quantity": rng.randint(1, 3)})
+        return SimRecord(spec, key, None, raw=raw, kind="poison")
+
+
+def generate(config: SimulationConfig) -> Iterator[SimRecord]:
+    """The simulated stream, deterministic for a config (with ``start_ms`` set); no Kafka.
+
+    Yields exactly ``config.events`` records (endless when 0).
+    """
+    world = _World(config, config.resolved_start_ms())
+    return iter(_Faults(config, world))
+
+
+# --- producing --------------------------------------------------------------------------------
+
+FLUSH_TIMEOUT_S = 60.0
+POLL_EVERY = 100
+PROGRESS_EVERY_S = 0.1
+MAX_BACKLOG_S = 1.0
+
+
+class SimulationFailed(SystemExit):
+    """The simulation could not run or not every record was delivered (exit status 1)."""
+
+    def __init__(self, message: str, summary: SimulationSummary | None = None) -> None:
+        super().__init__(1)
+        self.message = message
+        self.summary = summary
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    counts: dict[str, int]  # records produced per kind
+    total: int
+    out_of_order: int  # of which were sent after later records
+    elapsed_s: float  # wall clock, producing + final flush
+    delivery_errors: int
+    first_error: str | None = None
+    interrupted: bool = False
+
+    @property
+    def events_per_second(self) -> float:
+        return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """murmur2_random: the same key -> partition mapping as Java clients and aiokafka."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": "invsync-simulate",
+        "partitioner": "murmur2_random",
+        "linger.ms": 20,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "none",
+    }
+
+
+class _Deliveries:
+    """The delivery callback: counts failures and remembers the first."""
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.first_error: str | None = None
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = f"{msg.topic()}: {err}"
+
+
+class _Pacer:
+    """Keeps ``n`` events at ``rate``/s against a monotonic clock (0 = no pacing)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.base = time.monotonic()
+        self.base_n = 0
+
+    def wait(self, n: int) -> None:
+        if not self.rate:
+            return
+        due = self.base + (n - self.base_n) / self.rate
+        now = time.monotonic()
+        if due > now + 0.002:
+            time.sleep(due - now)
+        elif now - due > MAX_BACKLOG_S:  # stalled (broker, Ctrl-Z): do not burst to catch up
+            self.base, self.base_n = now, n
+
+
+def _check_ready(producer: Any, settings: Settings, topics: list[str]) -> None:
+    from confluent_kafka import KafkaException
+
+    try:
+        existing = producer.list_topics(timeout=10).topics
+    except KafkaException as exc:
+        raise SimulationFailed(
+            f"Kafka at {settings.kafka_bootstrap} (INVSYNC_KAFKA_BOOTSTRAP) did not answer: {exc}. "
+            "Is it running? Locally: `invsync stack up`."
+        ) from None
+    missing = [name for name in topics if name not in existing]
+    if missing:
+        raise SimulationFailed(
+            f"topic(s) missing: {', '.join(missing)} -- run `invsync topics create` "
+            f"(with the same INVSYNC_TOPIC_PREFIX={settings.topic_prefix!r})"
+        )
+
+
+def _register(codec: Any, settings: Settings) -> None:
+    try:
+        codec.register_all([POS_SALES, CYCLE_COUNTS])
+    except Exception as exc:
+        raise SimulationFailed(
+            f"schema registry at {settings.schema_registry_url} (INVSYNC_SCHEMA_REGISTRY_URL) "
+            f"failed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _produce(producer: Any, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:  # local queue full: serve delivery reports, then retry
+            producer.poll(0.05)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]simulate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>10,.0f} events/s"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+class _Run:
+    """One produce run: the producer, the codec, and what was sent so far."""
+
+    def __init__(self, settings: Settings, producer: Any, codec: Any) -> None:
+        self.names = {spec.name: spec.full_name(settings) for spec in (POS_SALES, CYCLE_COUNTS)}
+        self.producer = producer
+        self.codec = codec
+        self.deliveries = _Deliveries()
+        self.counts: Counter[str] = Counter()
+        self.out_of_order = 0
+        self.sent = 0
+        self.started = time.monotonic()
+
+    def send(self, record: SimRecord) -> None:
+        if record.raw is not None:
+            value = record.raw
+        else:
+            value = self.codec.encode(record.spec, record.value or {})
+        topic = self.names[record.spec.name]
+        _produce(self.producer, topic, record.key.encode(), value, self.deliveries)
+        self.sent += 1
+        self.counts[record.kind] += 1
+        self.out_of_order += record.delay_ms > 0
+        if self.sent % POLL_EVERY == 0:
+            self.producer.poll(0)
+
+    def rate(self) -> float:
+        return self.sent / max(time.monotonic() - self.started, 1e-9)
+
+    def produce_all(self, config: SimulationConfig, console: Console) -> None:
+        pacer = _Pacer(config.rate)
+        with _progress(console) as progress:
+            task = progress.add_task("produce", total=config.events or None, rate=0.0)
+            shown = time.monotonic()
+            for record in generate(config):
+                pacer.wait(self.sent)
+                self.send(record)
+                if self.sent % POLL_EVERY == 0 and time.monotonic() - shown >= PROGRESS_EVERY_S:
+                    progress.update(task, completed=self.sent, rate=self.rate())
+                    shown = time.monotonic()
+            progress.update(task, completed=self.sent, rate=self.rate())
+
+    def finish(self, *, interrupted: bool) -> SimulationSummary:
+        try:
+            undelivered = self.producer.flush(FLUSH_TIMEOUT_S)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            undelivered = len(self.producer)
+        deliveries = self.deliveries
+        if undelivered:
+            deliveries.errors += undelivered
+            deliveries.first_error = deliveries.first_error or (
+                f"{undelivered} record(s) not delivered within {FLUSH_TIMEOUT_S:.0f}s"
+            )
+        return SimulationSummary(
+            counts={kind: self.counts.get(kind, 0) for kind in KINDS},
+            total=self.sent,
+            out_of_order=self.out_of_order,
+            elapsed_s=time.monotonic() - self.started,
+            delivery_errors=deliveries.errors,
+            first_error=deliveries.first_error,
+            interrupted=interrupted,
+        )
+
+
+def run(settings: Settings, config: SimulationConfig, console: Console) -> SimulationSummary:
+    """Produce :func:`generate`'s stream to Kafka; print and return a summary.
+
+    Stops after ``config.events`` records or on Ctrl-C, then flushes. Raises
+    :class:`SimulationFailed` (exit status 1, message printed) if Kafka, the topics or the
+    registry are not ready, or if any record was not delivered.
+    """
+    try:
+        return _run(settings, config, console)
+    except SimulationFailed as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise
+
+
+def _run(settings: Settings, config: SimulationConfig, console: Console) -> SimulationSummary:
+    from confluent_kafka import Producer
+
+    from streams.codec import Codec
+
+    producer = Producer(producer_config(settings))
+    producing = _Run(settings, producer, Codec(settings))
+    _check_ready(producer, settings, list(producing.names.values()))
+    _register(producing.codec, settings)
+    producing.started = time.monotonic()
+    interrupted = False
+    try:
+        producing.produce_all(config, console)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print("[yellow]interrupted: flushing what was produced[/yellow]")
+    summary = producing.finish(interrupted=interrupted)
+    print_summary(console, summary, producing.names)
+    if summary.delivery_errors:
+        raise SimulationFailed(
+            f"{summary.delivery_errors} record(s) not delivered; first: {summary.first_error}",
+            summary,
+        )
+    return summary
+
+
+def print_summary(console: Console, summary: SimulationSummary, topics: dict[str, str]) -> None:
+    table = Table("kind", "records", title="simulation summary")
+    for kind, count in summary.counts.items():
+        table.add_row(kind, f"{count:,}")
+    table.add_row("(out of order)", f"{summary.out_of_order:,}")
+    table.add_row("[bold]total", f"[bold]{summary.total:,}")
+    console.print(table)
+    console.print(
+        f"{summary.total:,} records to {', '.join(topics.values())} in {summary.elapsed_s:.2f}s "
+        f"= {summary.events_per_second:,.0f} events/s"
+        + (" (interrupted)" if summary.interrupted else "")
+    )

@@ -1,0 +1,64 @@
+"""Start the fold worker: pre-flight checks, then Faust.
+
+Pre-flight fails fast, with a message that says what to fix: Kafka unreachable after
+``INVSYNC_STARTUP_TIMEOUT_S`` (retrying with a log line meanwhile), topics missing or with the
+wrong partition count, the schema registry unreachable or refusing our schemas.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from invsync.settings import Settings
+from streams import topics
+from streams.admin import check_topics, wait_for_cluster
+from streams.codec import Codec
+
+log = logging.getLogger("invsync.worker")
+
+
+def fast_paths() -> dict[str, bool]:
+    """Which of the optional fast paths are importable (checked at start-up and logged)."""
+    return {
+        "uvloop": importlib.util.find_spec("uvloop") is not None,
+        "orjson": importlib.util.find_spec("orjson") is not None,
+        "rocksdict": importlib.util.find_spec("rocksdict") is not None,
+        "aiokafka C extension": _aiokafka_c_extension(),
+    }
+
+
+def _aiokafka_c_extension() -> bool:
+    from aiokafka.record import default_records
+
+    return default_records.DefaultRecordBatchBuilder.__module__.endswith(
+        "_crecords.default_records"
+    )
+
+
+def preflight(settings: Settings) -> Codec:
+    wait_for_cluster(settings)
+    check_topics(settings)
+    codec = Codec(settings)
+    outputs = [topics.availability(c) for c in settings.channels] + [topics.DEAD_LETTERS]
+    codec.register_all(outputs)
+    missing = [name for name, ok in fast_paths().items() if not ok]
+    if missing:
+        log.warning("running without %s: expect lower throughput", ", ".join(missing))
+    return codec
+
+
+def run(settings: Settings) -> None:
+    """Run the worker in this process until SIGINT/SIGTERM."""
+    import faust
+    import mode.loop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    codec = preflight(settings)
+    if fast_paths()["uvloop"]:
+        mode.loop.use("uvloop")
+    from streams.app import create_app
+
+    app = create_app(settings, codec)
+    worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
+    worker.execute_from_commandline()

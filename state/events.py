@@ -1,0 +1,122 @@
+"""Input events as the domain sees them, and the checks that turn a decoded record into one.
+
+A decoded Avro record (a dict) becomes a :class:`StockEvent` or raises :class:`InvalidEvent` with
+a machine-readable reason. Nothing here knows about Kafka; the caller dead-letters what raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+KEY_SEPARATOR = "|"
+
+
+class Kind(StrEnum):
+    SALE = "sale"  # POS: on hand decreases by the units sold (a return is negative)
+    COUNT = "count"  # cycle count: on hand as of counted_at is the counted quantity
+
+
+class InvalidEvent(ValueError):
+    """A record that decodes but cannot be applied. ``reason`` is a short, stable label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class StockEvent:
+    """One input event, normalised.
+
+    ``effective_at`` is the event time at which the event takes effect: ``occurred_at`` for a
+    movement, ``counted_at`` for a count (a count is an as-of snapshot). ``quantity`` is the
+    signed change of on hand for a movement and the counted units for a count.
+    """
+
+    source: str
+    event_id: str
+    sku: str
+    location: str
+    kind: Kind
+    effective_at: int  # event time, UTC millis
+    quantity: int
+    ref: str = ""  # count_id for counts
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.source, self.event_id)
+
+    @property
+    def key(self) -> str:
+        return f"{self.sku}{KEY_SEPARATOR}{self.location}"
+
+    def order_key(self) -> tuple[int, int, str, str]:
+        """Total order used to fold events: event time, counts before movements at the same
+        instant (a count at t contains what happened before t), then identity."""
+        return (self.effective_at, 0 if self.kind is Kind.COUNT else 1, self.source, self.event_id)
+
+
+def _millis(value: Any, field: str) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidEvent("invalid_field", f"{field} is not a timestamp: {value!r}")
+
+
+def _text(record: dict[str, Any], field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidEvent("missing_key", f"{field} is missing or empty")
+    if KEY_SEPARATOR in value and field in ("sku", "location"):
+        raise InvalidEvent("invalid_key", f"{field} {value!r} contains {KEY_SEPARATOR!r}")
+    return value
+
+
+def _common(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "source": _text(record, "source"),
+        "event_id": _text(record, "event_id"),
+        "sku": _text(record, "sku"),
+        "location": _text(record, "location"),
+    }
+
+
+def sale_from_record(record: dict[str, Any]) -> StockEvent:
+    """A POS sale (or return, when negative). Zero units is not a sale."""
+    quantity = record.get("quantity")
+    if not isinstance(quantity, int) or quantity == 0:
+        raise InvalidEvent(
+            "invalid_quantity", f"sale quantity must be a non-zero int: {quantity!r}"
+        )
+    return StockEvent(
+        **_common(record),
+        kind=Kind.SALE,
+        effective_at=_millis(record.get("occurred_at"), "occurred_at"),
+        quantity=-quantity,
+    )
+
+
+def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> StockEvent:
+    """A cycle count as of ``counted_at``. A negative count, or one dated more than ``skew_ms``
+    after it was reported (``occurred_at``), is invalid."""
+    counted = record.get("counted_quantity")
+    if not isinstance(counted, int) or counted < 0:
+        raise InvalidEvent("invalid_quantity", f"counted_quantity must be >= 0: {counted!r}")
+    counted_at = _millis(record.get("counted_at"), "counted_at")
+    reported_at = _millis(record.get("occurred_at"), "occurred_at")
+    if counted_at > reported_at + skew_ms:
+        raise InvalidEvent(
+            "future_count", f"counted_at {counted_at} is after occurred_at {reported_at} + skew"
+        )
+    return StockEvent(
+        **_common(record),
+        kind=Kind.COUNT,
+        effective_at=counted_at,
+        quantity=counted,
+        ref=_text(record, "count_id"),
+    )

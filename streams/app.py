@@ -1,0 +1,91 @@
+"""The Faust app: topics, the positions table and the fold agent, wired from settings.
+
+Delivery guarantee: at-least-once input with idempotent effects. Offsets are committed by Faust
+only for acked events, after flushing the producer; the fold agent acks a batch only after its
+table writes and outputs are handed to the producer (see :mod:`streams.fold_batch`). Faust's
+``exactly_once`` mode is not used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from invsync.settings import Settings
+from streams import metrics, topics
+from streams.codec import Codec
+from streams.fold_batch import BatchFolder
+
+log = logging.getLogger(__name__)
+
+POSITIONS_TABLE = "positions"
+
+
+def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
+    """A Faust app for these settings, with the fold agent registered (not started)."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(settings.state_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,  # the table's changelog; inputs/outputs exist already
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        producer_max_batch_size=512 * 1024,
+        producer_max_request_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
+        broker_max_poll_records=max(500, settings.batch_max),
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        web_in_thread=False,
+        table_standby_replicas=0,
+    )
+    codec = codec or Codec(settings)
+
+    def raw_topic(*names: str) -> faust.TopicT:
+        return app.topic(
+            *names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    inputs = raw_topic(
+        topics.POS_SALES.full_name(settings), topics.CYCLE_COUNTS.full_name(settings)
+    )
+    availability = {
+        channel: raw_topic(topics.availability(channel).full_name(settings))
+        for channel in settings.channels
+    }
+    dead_letters = raw_topic(topics.DEAD_LETTERS.full_name(settings))
+    table = app.Table(  # bytes in, bytes out: the "raw" codec; we encode with orjson
+        POSITIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+    folder = BatchFolder(settings, codec, table, availability, dead_letters)
+
+    @app.agent(inputs, name="fold")
+    async def fold_agent(stream: faust.StreamT) -> None:
+        within = settings.batch_within_ms / 1000
+        async for batch in cast(faust.Stream, stream).take_events(
+            settings.batch_max, within=within
+        ):
+            with metrics.BATCH_SECONDS.time():
+                await folder.process(batch)
+            metrics.BATCH_EVENTS.observe(len(batch))
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web: View, request: Request) -> Response:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    app.invsync_folder = folder  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,186 @@
+"""Fold one batch of input events into the positions table and emit what changed.
+
+The commit order, for every batch (the agent acks the batch's events only after
+:meth:`BatchFolder.process` returns, and Faust commits acked offsets only after flushing the
+producer):
+
+1. decode each event; what cannot be decoded or validated becomes a dead letter;
+2. fold the valid events, in arrival order, into their position (read once per key);
+3. write each touched position to the table once (changelog record + local store);
+4. produce one availability record per channel for each position whose version moved,
+   and the dead letters;
+5. drain Faust's producer buffer, so every record of this batch is handed to the Kafka client
+   before the batch is acked.
+
+Redeliveries after a crash are recognised by offset: each stored position remembers the last
+offset of every input topic applied to it, so a replayed event is skipped exactly (and its
+position re-published, in case the crash hit between changelog and output).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from faust.types import TP, EventT, TableT, TopicT
+
+from invsync.settings import Settings
+from state.availability import project
+from state.events import InvalidEvent, StockEvent, count_from_record, sale_from_record
+from state.position import Position, fold, from_primitive, to_primitive
+from streams import metrics, topics
+from streams.codec import Codec, DecodeError
+from streams.dead_letters import DeadLetter, dead_letter
+from streams.event_context import acting_for
+from streams.watermarks import PartitionClock
+
+log = logging.getLogger(__name__)
+
+Parser = Callable[[dict[str, Any]], StockEvent]
+
+
+@dataclass
+class _Touched:
+    """A position being folded in this batch, with the last event that touched it."""
+
+    position: Position
+    offsets: dict[str, int]
+    event: EventT
+    version_before: int
+    redelivered: bool = False
+
+
+@dataclass
+class BatchResult:
+    outcomes: dict[str, int] = field(default_factory=dict)
+    published: int = 0
+
+
+class BatchFolder:
+    """Decode, fold, write and emit; one instance per worker (holds per-partition stream time)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: Codec,
+        table: TableT,
+        availability: dict[str, TopicT],
+        dead_letters: TopicT,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.table = table
+        self.availability = availability
+        self.dead_letters = dead_letters
+        self.parsers: dict[str, Parser] = {
+            topics.POS_SALES.full_name(settings): sale_from_record,
+            topics.CYCLE_COUNTS.full_name(settings): count_from_record,
+        }
+        self.clock = PartitionClock(self.parsers, self._highwater)
+
+    def _highwater(self, topic: str, partition: int) -> int | None:
+        try:
+            return self.table.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned (any more), or not fetched yet
+            return None
+
+    async def process(self, events: Sequence[EventT]) -> BatchResult:
+        result = BatchResult()
+        letters: list[DeadLetter] = []
+        touched: dict[bytes, _Touched] = {}
+        for event in events:  # one at a time: each is folded at the watermark of its arrival
+            stock_event = self._decode(event, letters)
+            if stock_event is None:
+                outcome = "dead_lettered"
+            else:
+                outcome = self._fold_one(event, stock_event, touched)
+            result.outcomes[outcome] = result.outcomes.get(outcome, 0) + 1
+            metrics.EVENTS.labels(event.message.topic, outcome).inc()
+        for key, entry in touched.items():
+            with acting_for(entry.event):
+                self.table[key] = orjson.dumps(
+                    {"p": to_primitive(entry.position), "o": entry.offsets}
+                )
+            if entry.position.version != entry.version_before or entry.redelivered:
+                result.published += await self._publish(key, entry.position)
+        for letter in letters:
+            metrics.DEAD_LETTERS.labels(letter.reason).inc()
+            await self.dead_letters.send(
+                key=letter.source_topic.encode(),
+                value=self.codec.encode(topics.DEAD_LETTERS, letter.to_record()),
+            )
+        await self._drain_producer_buffer()
+        return result
+
+    def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
+        """The event as the domain sees it, or None after adding its dead letter."""
+        message = event.message
+        topic, partition, offset = message.topic, message.partition, message.offset
+        raw_key = message.key if isinstance(message.key, bytes) else None
+        raw_value = message.value if isinstance(message.value, bytes) else None
+        reason = detail = ""
+        stock_event = None
+        parser = self.parsers.get(topic)
+        if parser is None:
+            reason, detail = "unknown_topic", f"no parser for topic {topic}"
+        else:
+            try:
+                stock_event = parser(self.codec.decode(topic, raw_value))
+            except (DecodeError, InvalidEvent) as exc:
+                reason, detail = exc.reason, exc.detail
+        if stock_event is not None and raw_key != stock_event.key.encode():
+            reason, detail = "key_mismatch", f"key {raw_key!r} is not {stock_event.key!r}"
+            stock_event = None
+        self.clock.observe(topic, partition, offset, stock_event and stock_event.effective_at)
+        if stock_event is None:
+            letters.append(
+                dead_letter(reason, detail, topic, partition, offset, raw_key, raw_value)
+            )
+        return stock_event
+
+    def _fold_one(
+        self, event: EventT, stock_event: StockEvent, touched: dict[bytes, _Touched]
+    ) -> str:
+        message = event.message
+        key = stock_event.key.encode()
+        entry = touched.get(key)
+        if entry is None:
+            entry = self._load(key, event)
+            touched[key] = entry
+        entry.event = event
+        if message.offset <= entry.offsets.get(message.topic, -1):
+            entry.redelivered = True
+            return "redelivered"
+        entry.offsets[message.topic] = message.offset
+        entry.position, outcome = fold(
+            entry.position,
+            stock_event,
+            lateness_ms=self.settings.lateness_ms,
+            watermark=self.clock.watermark(message.partition),
+        )
+        return outcome.value
+
+    def _load(self, key: bytes, event: EventT) -> _Touched:
+        stored = self.table.get(key)
+        if stored is None:
+            position, offsets = Position(), {}
+        else:
+            data = orjson.loads(stored)
+            position, offsets = from_primitive(data["p"]), data["o"]
+        return _Touched(position, offsets, event, position.version)
+
+    async def _publish(self, key: bytes, position: Position) -> int:
+        sku, location = topics.split_key(key.decode())
+        ledger = position.view()
+        for channel, topic in self.availability.items():
+            record = project(channel, sku, location, ledger).to_record()
+            await topic.send(key=key, value=self.codec.encode(topics.availability(channel), record))
+        return len(self.availability)
+
+    async def _drain_producer_buffer(self) -> None:
+        buffer = self.table.app.producer.buffer
+        while buffer.size:
+            await buffer.flush()

@@ -1,0 +1,91 @@
+"""Every Kafka topic invsync reads or writes, with its key, value schema and layout.
+
+This is the one place topics are named. Input topics and table changelogs must share a partition
+count (Faust raises ``PartitionsMismatch`` otherwise), so every topic here is created explicitly by
+``invsync topics create`` before a worker starts; the broker never auto-creates one.
+
+Keys are ``"<sku>|<location>"`` (UTF-8) on every keyed topic, so one position's events land on the
+same partition of every input topic when producers use the murmur2 partitioner (Java's and
+aiokafka's default; confluent-kafka producers must set ``partitioner=murmur2_random``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import orjson
+
+from invsync.settings import Settings
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+
+KEY_SEPARATOR = "|"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: name (without the settings' prefix), what it carries, how it is laid out."""
+
+    name: str
+    schema: str  # file stem in schemas/avro
+    key: str  # what the key holds, for people
+    role: str  # input | output | error
+    compacted: bool = False
+    partitions: int | None = None  # None: settings.partitions (co-partitioned with the inputs)
+    config: dict[str, str] = field(default_factory=dict)
+
+    def full_name(self, settings: Settings) -> str:
+        return settings.topic_prefix + self.name
+
+    def cleanup_policy(self) -> str:
+        return "compact" if self.compacted else "delete"
+
+    def topic_config(self) -> dict[str, str]:
+        base = {"cleanup.policy": self.cleanup_policy()}
+        if self.compacted:
+            base |= {"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"}
+        return base | self.config
+
+
+POS_SALES = TopicSpec("pos.sales", "pos_sale", "sku|location", "input")
+WMS_MOVEMENTS = TopicSpec("wms.movements", "wms_movement", "sku|location", "input")
+CYCLE_COUNTS = TopicSpec("inventory.counts", "cycle_count", "sku|location", "input")
+RESERVATIONS = TopicSpec("reservations.events", "reservation_event", "sku|location", "input")
+ERP_STOCK_DELTAS = TopicSpec("erp.stock-deltas", "erp_stock_delta", "sku|location", "output")
+DEAD_LETTERS = TopicSpec("invsync.dead-letters", "dead_letter", "source topic", "error")
+
+INPUTS = (POS_SALES, WMS_MOVEMENTS, CYCLE_COUNTS, RESERVATIONS)
+
+
+def availability(channel: str) -> TopicSpec:
+    """The compacted topic one channel subscribes to: latest availability per sku|location."""
+    return TopicSpec(
+        f"availability.{channel}", "availability_record", "sku|location", "output", compacted=True
+    )
+
+
+def all_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic the deployment needs (table changelogs are created by the worker's app)."""
+    outputs = [availability(channel) for channel in settings.channels]
+    return [*INPUTS, *outputs, ERP_STOCK_DELTAS, DEAD_LETTERS]
+
+
+@cache
+def schema_text(stem: str) -> str:
+    """The Avro schema (JSON text) of ``schemas/avro/<stem>.avsc``, validated as JSON."""
+    text = (SCHEMA_DIR / f"{stem}.avsc").read_text()
+    orjson.loads(text)
+    return text
+
+
+def make_key(sku: str, location: str) -> str:
+    return f"{sku}{KEY_SEPARATOR}{location}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    sku, sep, location = key.partition(KEY_SEPARATOR)
+    if not sep or not sku or not location:
+        raise ValueError(f"key {key!r} is not sku|location")
+    return sku, location

@@ -1,0 +1,213 @@
+"""The first slice end to end: POS sales and cycle counts -> positions -> availability.<channel>.
+
+The oracle is ``tests.reference``: a fold over the produced events written independently of
+``state/``. Every assertion polls the real output topics with a deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import struct
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from state.events import StockEvent, count_from_record, sale_from_record
+from streams import topics
+from tests.integration.conftest import Deployment
+from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all
+from tests.reference import reference_positions
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
+MINUTE = 60_000
+
+Item = tuple[topics.TopicSpec, str, dict[str, Any] | bytes]
+
+
+def sale(i: int, sku: str, loc: str, at: int, qty: int) -> Item:
+    value = {
+        "event_id": f"s{i}",
+        "source": f"pos-{loc}",
+        "sku": sku,
+        "location": loc,
+        "occurred_at": at,
+        "quantity": qty,
+        "transaction_id": None,
+    }
+    return topics.POS_SALES, topics.make_key(sku, loc), value
+
+
+def count(i: int, sku: str, loc: str, at: int, qty: int) -> Item:
+    value = {
+        "event_id": f"c{i}",
+        "source": "counter",
+        "sku": sku,
+        "location": loc,
+        "occurred_at": at + MINUTE,
+        "count_id": f"cnt{i}",
+        "counted_at": at,
+        "counted_quantity": qty,
+    }
+    return topics.CYCLE_COUNTS, topics.make_key(sku, loc), value
+
+
+def workload(seed: int, n: int, start: int = T0, duplicates: float = 0.05) -> list[Item]:
+    """Sales and counts over 30 keys, shuffled within a few minutes, with re-sent duplicates."""
+    rnd = random.Random(seed)
+    keys = [(f"SKU{k % 10}", f"S{k // 10}") for k in range(30)]
+    items: list[Item] = []
+    for i in range(n):
+        sku, loc = rnd.choice(keys)
+        at = start + i * 1000
+        if rnd.random() < 0.1:
+            items.append(count(seed * 10**6 + i, sku, loc, at, rnd.randint(0, 40)))
+        else:
+            items.append(sale(seed * 10**6 + i, sku, loc, at, rnd.choice([1, 1, 2, 3, -1])))
+    # out of order by at most ~2 minutes of event time (the lateness bound is 10)
+    jitter = [i + (rnd.randint(0, 120) if rnd.random() < 0.1 else 0) for i in range(n)]
+    items = [item for _, item in sorted(zip(jitter, items, strict=True), key=lambda p: p[0])]
+    # a source re-sends an event shortly after the original (a retry), never an edited copy
+    for _ in range(int(n * duplicates)):
+        i = rnd.randrange(len(items))
+        items.insert(min(len(items), i + rnd.randint(1, 50)), items[i])
+    return items
+
+
+def as_events(items: list[Item]) -> list[StockEvent]:
+    events = []
+    for spec, _key, value in items:
+        assert isinstance(value, dict)
+        parse = sale_from_record if spec is topics.POS_SALES else count_from_record
+        events.append(parse(value))
+    return events
+
+
+class Mismatch(dict[str, Any]):
+    """Falsy, so ``poll_until`` keeps polling, and shown when the deadline passes."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def availability_matches(dep: Deployment, items: list[Item]) -> bool | Mismatch:
+    """Latest record per key == reference (on hand, version = distinct events applied)."""
+    expected = reference_positions(as_events(items))
+    topic = topics.availability("web").full_name(dep.settings)
+    latest = latest_by_key(read_all(dep.settings, topic))
+    got = {k: (r["on_hand"], r["version"]) for k, r in latest.items()}
+    if got == expected:
+        return True
+    wrong = {
+        k: {"expected": v, "got": got.get(k), "late": latest.get(k, {}).get("late_events")}
+        for k, v in expected.items()
+        if got.get(k) != v
+    }
+    return Mismatch(keys_wrong=len(wrong), sample=dict(list(wrong.items())[:5]))
+
+
+def assert_availability_reaches_reference(dep: Deployment, items: list[Item], timeout_s=90):
+    try:
+        poll_until(lambda: availability_matches(dep, items), timeout_s, "availability = reference")
+    except AssertionError:
+        print(dep.logs())
+        raise
+
+
+def dead_letters(dep: Deployment) -> list[dict[str, Any]]:
+    return read_all(dep.settings, topics.DEAD_LETTERS.full_name(dep.settings))
+
+
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
+def test_availability_equals_reference_fold_and_duplicates_change_nothing(deployment, store):
+    # both stores: the batch fold sets Faust's current event itself (streams/event_context.py)
+    deployment.env["INVSYNC_STORE"] = store
+    items = workload(seed=1, n=2000)
+    produce(deployment.settings, items)
+    deployment.start_worker()
+    assert_availability_reaches_reference(deployment, items)
+    # the versions equal the number of distinct events: no duplicate was applied twice
+    assert dead_letters(deployment) == []
+
+
+def test_poison_is_dead_lettered_and_the_worker_goes_on(deployment):
+    sku, loc = "SKU1", "S1"
+    key = topics.make_key(sku, loc)
+    good_before = [sale(1, sku, loc, T0, 2)]
+    unknown_schema = b"\x00" + struct.pack(">I", 0x7FFFFFF0) + b"\x02\x04"
+    negative_count = count(2, sku, loc, T0 + MINUTE, -5)
+    missing_sku = sale(3, sku, loc, T0 + 2 * MINUTE, 1)
+    assert isinstance(missing_sku[2], dict)
+    missing_sku[2]["sku"] = ""
+    poison: list[Item] = [
+        (topics.POS_SALES, key, b"\xde\xad\xbe\xef not avro"),
+        (topics.CYCLE_COUNTS, key, unknown_schema),
+        negative_count,
+        missing_sku,
+    ]
+    good_after = [sale(4, sku, loc, T0 + 3 * MINUTE, 1), count(5, sku, loc, T0 + 4 * MINUTE, 9)]
+    produce(deployment.settings, good_before + poison + good_after)
+    deployment.start_worker()
+    assert_availability_reaches_reference(deployment, good_before + good_after)
+    letters = poll_until(
+        lambda: len(dead_letters(deployment)) >= 4 and dead_letters(deployment),
+        30,
+        "four dead letters",
+    )
+    assert sorted(r["reason"] for r in letters) == sorted(
+        ["undecodable", "unknown_schema", "invalid_quantity", "missing_key"]
+    )
+    for letter in letters:
+        assert letter["source_topic"].startswith(deployment.settings.topic_prefix)
+        assert letter["raw_value"], "the raw bytes are kept for replay"
+        assert letter["raw_key"] == key.encode()
+    assert {r["source_offset"] for r in letters if r["reason"] == "undecodable"} == {1}
+    assert deployment.workers[0].poll() is None, "the worker is still running"
+
+
+def test_restart_with_wiped_state_rebuilds_from_the_changelog(deployment):
+    first = workload(seed=2, n=1000)
+    produce(deployment.settings, first)
+    worker = deployment.start_worker("w1")
+    assert_availability_reaches_reference(deployment, first)
+    deployment.stop_worker(worker)
+    second = workload(seed=3, n=1000, start=T0 + 1000 * 1000)
+    produce(deployment.settings, second)
+    deployment.start_worker("w1", wipe_state=True)
+    assert_availability_reaches_reference(deployment, first + second)
+
+
+def test_killed_worker_restarts_without_losing_or_doubling(deployment):
+    items = workload(seed=4, n=3000)
+    produce(deployment.settings, items[:1500])
+    worker = deployment.start_worker("w1")
+    poll_until(
+        lambda: read_all(
+            deployment.settings, topics.availability("web").full_name(deployment.settings)
+        ),
+        60,
+        "first output",
+    )
+    produce(deployment.settings, items[1500:])
+    deployment.stop_worker(worker, signal.SIGKILL)
+    deployment.start_worker("w1")
+    assert_availability_reaches_reference(deployment, items)
+
+
+def _group_members(dep: Deployment) -> int:
+    admin = AdminClient({"bootstrap.servers": dep.settings.kafka_bootstrap})
+    group = dep.settings.app_id
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    return sum(1 for m in desc.members if m.assignment.topic_partitions)
+
+
+def test_a_second_worker_takes_partitions_and_nothing_is_lost_or_doubled(deployment):
+    items = workload(seed=5, n=3000)
+    produce(deployment.settings, items[:1000])
+    deployment.start_worker("w1")
+    assert_availability_reaches_reference(deployment, items[:1000])
+    deployment.start_worker("w2")
+    poll_until(lambda: _group_members(deployment) == 2, 90, "two workers with partitions")
+    produce(deployment.settings, items[1000:])
+    assert_availability_reaches_reference(deployment, items)

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from state.events import Kind, StockEvent
+from state.position import (
+    NEVER,
+    Outcome,
+    Position,
+    fold,
+    from_primitive,
+    to_primitive,
+)
+from tests.reference import distinct, reference_on_hand
+
+HOUR = 3_600_000
+BIG_LATENESS = 10**12
+
+
+def sale(eid: str, at: int, units: int = 1, source: str = "pos") -> StockEvent:
+    return StockEvent(source, eid, "sku1", "store1", Kind.SALE, at, -units)
+
+
+def count(eid: str, at: int, units: int, source: str = "cc") -> StockEvent:
+    return StockEvent(source, eid, "sku1", "store1", Kind.COUNT, at, units, ref=f"c-{eid}")
+
+
+def fold_all(events, lateness=BIG_LATENESS, position=None):
+    position = position or Position()
+    outcomes = []
+    watermark = NEVER  # one input stream: its watermark is the newest event time seen
+    for event in events:
+        watermark = max(watermark, event.effective_at)
+        position, outcome = fold(position, event, lateness_ms=lateness, watermark=watermark)
+        outcomes.append(outcome)
+    return position, outcomes
+
+
+def _event(i: int, kind: str, at: int, qty: int) -> StockEvent:
+    if kind == "count":
+        return count(f"c{i}", at, qty)
+    return sale(f"s{i}", at, qty - 5 or 1)
+
+
+# distinct events (ids from the list index): a redelivery repeats an event, it never changes it
+events_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["sale", "sale", "sale", "count"]),
+        st.integers(0, 20).map(lambda m: m * 60_000),
+        st.integers(0, 10),
+    ),
+    max_size=40,
+).map(lambda rows: [_event(i, *row) for i, row in enumerate(rows)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(events_strategy, st.randoms(use_true_random=False))
+def test_fold_equals_reference_for_any_arrival_order(events, rnd):
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    position, _ = fold_all(shuffled)
+    view = position.view()
+    assert view.on_hand == reference_on_hand(events)
+    assert view.applied == len(distinct(events))
+    assert position.view() == fold_all(events)[0].view()
+
+
+@settings(max_examples=200, deadline=None)
+@given(events_strategy, st.randoms(use_true_random=False))
+def test_duplicated_deliveries_change_nothing(events, rnd):
+    once, _ = fold_all(events)
+    doubled = list(events) + [e for e in events if rnd.random() < 0.5]
+    rnd.shuffle(doubled)
+    twice, outcomes = fold_all(doubled)
+    assert twice.view() == once.view()
+    assert outcomes.count(Outcome.DUPLICATE) == len(doubled) - len(distinct(doubled))
+
+
+@settings(max_examples=200, deadline=None)
+@given(events_strategy, st.integers(0, 30).map(lambda m: m * 60_000), st.randoms())
+def test_with_a_short_lateness_every_event_is_still_accounted_once(events, lateness, rnd):
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    position, outcomes = fold_all(shuffled, lateness=lateness)
+    assert position.view().applied == len(distinct(events))
+    assert position.view().late == outcomes.count(Outcome.LATE)
+    # settling is invisible: the persisted form round-trips
+    assert from_primitive(to_primitive(position)) == position
+
+
+def test_count_is_an_as_of_snapshot():
+    t = 10 * HOUR
+    # a sale before the count that arrives after it is already inside the count
+    position, _ = fold_all([sale("a", t - 5), count("c", t, 7), sale("b", t - 1), sale("d", t + 1)])
+    view = position.view()
+    assert view.on_hand == 6  # 7 counted, then the sale after t
+    assert view.last_count_at == t
+    # recorded as of t was -2 (two sales before t): discrepancy = 7 - (-2)
+    assert view.last_discrepancy == 9
+
+
+def test_late_event_is_applied_and_marked():
+    lateness = HOUR
+    position, outcomes = fold_all([sale("a", 5 * HOUR), sale("old", HOUR)], lateness=lateness)
+    assert outcomes == [Outcome.APPLIED, Outcome.LATE]
+    assert position.view().on_hand == -2
+    assert position.view().late == 1
+
+
+def test_dedupe_memory_survives_settling_for_one_window():
+    lateness = HOUR
+    first = sale("a", 0)
+    position, _ = fold_all([first, sale("b", int(1.5 * HOUR))], lateness=lateness)
+    assert position.pending == (position.pending[0],)  # "a" settled
+    position, outcome = fold(position, first, lateness_ms=lateness, watermark=int(1.5 * HOUR))
+    assert outcome is Outcome.DUPLICATE
+
+
+def test_an_empty_position_has_no_time():
+    assert Position().view().as_of == NEVER
+    random.seed(1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events_strategy, st.randoms(use_true_random=False))
+def test_two_streams_consumed_at_different_speeds_give_the_reference(events, rnd):
+    """Sales and counts come from two topics; one may be consumed far ahead of the other.
+    With the watermark = min over streams that still have data, nothing becomes late."""
+    lateness = 60_000
+    sales = sorted((e for e in events if e.kind is Kind.SALE), key=lambda e: e.effective_at)
+    counts = sorted((e for e in events if e.kind is Kind.COUNT), key=lambda e: e.effective_at)
+    streams = {"sales": sales, "counts": counts}
+    newest = {"sales": NEVER, "counts": NEVER}
+    position, outcomes = Position(), []
+    while any(streams.values()):
+        name = rnd.choice([n for n, s in streams.items() if s])
+        event = streams[name].pop(0)
+        newest[name] = max(newest[name], event.effective_at)
+        waiting = [newest[n] for n, s in streams.items() if s]
+        watermark = min(waiting) if waiting else max(newest.values())
+        position, outcome = fold(position, event, lateness_ms=lateness, watermark=watermark)
+        outcomes.append(outcome)
+    assert Outcome.LATE not in outcomes
+    assert position.view().on_hand == reference_on_hand(events)
