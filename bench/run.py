@@ -168,8 +168,15 @@ def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
+_ADMIN: dict[str, AdminClient] = {}
+
+
 def _caught_up(settings: Settings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = _ADMIN.get(settings.kafka_bootstrap)
+    if admin is None:
+        admin = _ADMIN[settings.kafka_bootstrap] = AdminClient(
+            {"bootstrap.servers": settings.kafka_bootstrap}
+        )
     wanted = []
     ends = {}
     for spec in (topics.POS_SALES, topics.CYCLE_COUNTS):
@@ -283,11 +290,12 @@ def latency(
         )
     out_fast.flush(60)
     wait_for(lambda: _caught_up(settings), 300, "the latency phase to be consumed", proc)
-    return [
-        ts - rec["as_of"]
-        for ts, rec in _output_records(settings, started_ms)
-        if rec["as_of"] >= started_ms
-    ]
+    stamped = [(ts, _millis(rec["as_of"])) for ts, rec in _output_records(settings, started_ms)]
+    return [ts - as_of for ts, as_of in stamped if as_of >= started_ms]
+
+
+def _millis(value: Any) -> int:
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
 
 
 def _pct(values: list[float], q: float) -> float:

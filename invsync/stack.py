@@ -11,15 +11,17 @@ Guarantees
     * Processes outlive the caller (own session); output goes to ``<stack_dir>/logs/<svc>.log``.
     * A port held by something else, a missing tool or a service dying during start-up fails
       with a message saying what to do (the setting to change, the package to install, the log).
+    * Kafka's records and the registry's schemas persist together in ``<stack_dir>/data`` (the
+      records carry schema ids, so one without the other is useless); delete that directory,
+      with the stack down, for a clean start. Redis keeps nothing.
 
 Limits
-    Single node, no replication, no security, plain-text listeners on 127.0.0.1 only. The
-    registry keeps schemas in memory (lost on restart); Redis does not persist. Kafka data in
-    ``<stack_dir>/kafka/data`` survives restarts. Not for production.
+    Single node, no replication, no security, plain-text listeners on 127.0.0.1 only, H2 as
+    the registry's database. Not for production.
 
 Layout of ``<stack_dir>`` (``stack_dir`` is resolved against the current directory):
-``lib/kafka`` (jars), ``lib/apicurio`` (tarball, unpacked in ``app/``), ``kafka/`` (config,
-data), ``redis/``, ``run/`` (pid files), ``logs/``.
+``lib/kafka`` (jars), ``lib/apicurio`` (tarball, unpacked in ``app/``), ``kafka/`` (generated
+config), ``data/{kafka,registry,redis}``, ``run/`` (pid files), ``logs/``.
 
 Apicurio Registry 3.3.3 and confluent-kafka's serde (checked by
 ``tests/integration/test_registry_compat.py``)
@@ -31,16 +33,17 @@ Apicurio Registry 3.3.3 and confluent-kafka's serde (checked by
       ``auto.register.schemas`` on; subject strategy ASSOCIATED, whose ``GET /associations/...``
       probe gets the 404 it needs to fall back to the topic name strategy (``<topic>-value``).
     * Registry properties set here: listen on 127.0.0.1:<registry_port>; the Quarkus management
-      interface on a random port (its default, 9000, is often taken); in-memory H2 storage (the
-      default, made explicit); and ``quarkus.http.access-log.enabled=false``, a workaround: with
-      Apicurio's access log on, about 1 in 700 requests to a route it does not have (such as the
-      serializer's ``/associations`` probe, made for every new subject) never gets an answer,
-      and confluent-kafka's registry client waits forever unless its ``timeout`` is set.
-      Global compatibility (NONE by default) is set to BACKWARD by
-      ``PUT /apis/ccompat/v7/config`` on every ``up``.
-    * Clients had better set ``timeout`` in the SchemaRegistryClient config, and may set
-      ``subject.name.strategy.type: TOPIC`` on the serdes: same subject, and no association
-      probe (an API of Confluent's registry 8 that Apicurio does not have).
+      interface on a random port (its default, 9000, is often taken); H2 storage in a file (the
+      default is in memory); access log off (see below). Global compatibility (NONE by
+      default) is set to BACKWARD by ``PUT /apis/ccompat/v7/config`` on every ``up``.
+    * Known problem and workaround: Apicurio sometimes never answers a request to a route it
+      does not have, such as that ``/associations`` probe (an API of Confluent's registry 8),
+      which the default strategy makes for each new topic. Measured: 1 in ~700 such requests
+      with Apicurio's access log on, 1 in ~10000 with it off, 0 in 24000 requests to its own
+      routes (200s and 404s alike). confluent-kafka's registry client has no timeout by
+      default, so the caller hangs. Clients should therefore set
+      ``subject.name.strategy.type: TOPIC`` on serializers and deserializers (same subject, no
+      probe) and ``timeout`` (seconds) on the SchemaRegistryClient (a lost request is retried).
 """
 
 from __future__ import annotations
@@ -148,8 +151,16 @@ class _Layout:
         return self.root / "kafka"
 
     @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
     def kafka_data(self) -> Path:
-        return self.kafka_home / "data"
+        return self.data / "kafka"
+
+    @property
+    def registry_data(self) -> Path:
+        return self.data / "registry"
 
     @property
     def server_properties(self) -> Path:
@@ -165,7 +176,7 @@ class _Layout:
 
     @property
     def redis_dir(self) -> Path:
-        return self.root / "redis"
+        return self.data / "redis"
 
     @property
     def logs(self) -> Path:
@@ -254,6 +265,7 @@ def up(
     layout = _layout(settings)
     services = _services(settings, layout)
     _warn_if_settings_elsewhere(settings, progress)
+    _warn_if_data_half_gone(layout, progress)
     to_start = [svc for svc in services if _our_pid(svc, layout) is None]
     _check_ports_free(to_start)
     started_at = time.monotonic()
@@ -430,6 +442,7 @@ def _kafka_command(settings: Settings, layout: _Layout) -> list[str]:
     """Write the broker's config, format its storage once, return the broker's argv."""
     java = _java(KAFKA_MIN_JAVA, "Kafka", APT_JAVA)
     layout.kafka_data.mkdir(parents=True, exist_ok=True)
+    layout.kafka_home.mkdir(parents=True, exist_ok=True)
     layout.server_properties.write_text(_server_properties(settings, layout))
     layout.kafka_log4j.write_text(KAFKA_LOG4J)
     layout.kafka_tools_log4j.write_text(KAFKA_TOOLS_LOG4J)
@@ -514,13 +527,14 @@ def _registry_command(settings: Settings, layout: _Layout) -> list[str]:
         "quarkus.http.port": str(settings.registry_port),
         "quarkus.management.host": "127.0.0.1",
         "quarkus.management.port": "0",  # health/metrics interface; its default 9000 is common
-        # With Apicurio's access log on, about 1 in 700 requests to an unknown route (such as the
-        # serializer's /associations probe) is never answered; off: 0 in 15000 (measured).
+        # Requests to a route Apicurio lacks (the serdes' /associations probe) are sometimes never
+        # answered: measured 1 in ~700 with its access log on, 1 in ~10000 off. Known routes: 0.
         "quarkus.http.access-log.enabled": "false",
-        "apicurio.storage.kind": "sql",  # the defaults, made explicit: in-memory H2
+        "apicurio.storage.kind": "sql",
         "apicurio.storage.sql.kind": "h2",
-        "apicurio.datasource.url": "jdbc:h2:mem:registry",
+        "apicurio.datasource.url": f"jdbc:h2:file:{layout.registry_data / 'registry'}",
     }
+    layout.registry_data.mkdir(parents=True, exist_ok=True)
     defines = [f"-D{key}={value}" for key, value in props.items()]
     jar = layout.apicurio_app / "quarkus-run.jar"
     return [java, "-Xms128m", "-Xmx512m", *defines, "-jar", str(jar)]
@@ -758,6 +772,18 @@ def _warn_if_settings_elsewhere(settings: Settings, progress: Progress) -> None:
     for setting, (value, needle) in expected.items():
         if needle not in value:
             progress(f"note: {setting}={value} does not point at the local stack ({needle})")
+
+
+def _warn_if_data_half_gone(layout: _Layout, progress: Progress) -> None:
+    """Records without the schemas their ids refer to (or the reverse) cannot be decoded."""
+    has_records = (layout.kafka_data / "meta.properties").is_file()
+    has_schemas = any(layout.registry_data.glob("registry*.db"))
+    if has_records != has_schemas:
+        progress(
+            f"note: {layout.kafka_data if has_records else layout.registry_data} has data but "
+            f"{layout.registry_data if has_records else layout.kafka_data} has none; for a "
+            f"clean start: `invsync stack down`, delete {layout.data}, `invsync stack up`"
+        )
 
 
 # --- helpers -------------------------------------------------------------------------------------

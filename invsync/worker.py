@@ -61,4 +61,7 @@ def run(settings: Settings) -> None:
 
     app = create_app(settings, codec)
     worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
+    # Faust's terminal spinner sets the root logger to DEBUG so that it spins on every record:
+    # every debug call in aiokafka and faust then builds a LogRecord (measured: ~6% of the fold).
+    worker.spinner = None
     worker.execute_from_commandline()

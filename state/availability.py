@@ -8,7 +8,7 @@ full; ``status`` is ``out`` at 0, ``low`` at or below ``low_threshold``. Confide
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from state.position import NEVER, Ledger
@@ -34,7 +34,10 @@ class Availability:
     late_events: int
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(Availability))
 
 
 def project(

@@ -22,7 +22,7 @@ the oldest settle early.
 from __future__ import annotations
 
 from bisect import insort
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -54,35 +54,22 @@ class Ledger:
 
 def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
     """Ledger after one event, with the as-of semantics of counts."""
-    applied, n_late = ledger.applied + 1, ledger.late + late
-    as_of = max(ledger.as_of, event.effective_at)
-    superseded = ledger.last_count_at is not None and event.effective_at < ledger.last_count_at
+    on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of = (
+        ledger.on_hand, ledger.last_count_at, ledger.last_count_id, ledger.last_discrepancy,
+        ledger.moved_since_count, ledger.applied + 1, ledger.late + late,
+        max(ledger.as_of, event.effective_at),
+    )  # fmt: skip
+    superseded = count_at is not None and event.effective_at < count_at
     if event.kind is Kind.COUNT:
-        if superseded:  # an older count than the one held: history, not news
-            return replace(ledger, applied=applied, late=n_late, as_of=as_of)
-        return Ledger(
-            on_hand=event.quantity,
-            last_count_at=event.effective_at,
-            last_count_id=event.ref,
-            last_discrepancy=event.quantity - ledger.on_hand,
-            moved_since_count=0,
-            applied=applied,
-            late=n_late,
-            as_of=as_of,
-        )
-    if superseded:  # already inside the count; recorded-as-of-count would have included it
-        discrepancy = (ledger.last_discrepancy or 0) - event.quantity
-        return replace(
-            ledger, last_discrepancy=discrepancy, applied=applied, late=n_late, as_of=as_of
-        )
-    return replace(
-        ledger,
-        on_hand=ledger.on_hand + event.quantity,
-        moved_since_count=ledger.moved_since_count + abs(event.quantity),
-        applied=applied,
-        late=n_late,
-        as_of=as_of,
-    )
+        if not superseded:  # an older count than the one held is history, not news
+            on_hand, count_at, count_id = event.quantity, event.effective_at, event.ref
+            discrepancy, moved = event.quantity - ledger.on_hand, 0
+    elif superseded:  # already inside the count; recorded-as-of-count would have included it
+        discrepancy = (discrepancy or 0) - event.quantity
+    else:
+        on_hand += event.quantity
+        moved += abs(event.quantity)
+    return Ledger(on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,59 +93,79 @@ class Position:
     def version(self) -> int:
         return self.settled.applied + len(self.pending)
 
-    def seen(self, event: StockEvent) -> bool:
+
+class OpenPosition:
+    """A position while a batch folds into it: mutable, with an index of the ids it has seen.
+
+    Open it once per key per batch, fold every event of the batch, then :meth:`close` it; the
+    cost per event is O(log n) plus a list insert, not a copy of the position.
+    """
+
+    __slots__ = ("horizon", "ids", "pending", "settled", "settled_ids", "stream_time")
+
+    def __init__(self, position: Position) -> None:
+        self.settled = position.settled
+        self.horizon = position.horizon
+        self.stream_time = position.stream_time
+        self.pending = list(position.pending)
+        self.settled_ids = list(position.settled_ids)
+        self.ids = {e.identity for e in self.pending}
+        self.ids.update((src, eid) for src, eid, _ in self.settled_ids)
+
+    def fold(self, event: StockEvent, *, lateness_ms: int, watermark: int) -> Outcome:
+        """Apply one event.
+
+        ``watermark`` is the event time up to which the key's partition has seen *every* input
+        (the minimum over its input streams that still have data waiting): the horizon follows
+        it, never one stream alone, so a stream consumed ahead of another cannot make the
+        other's events late.
+        """
         ident = event.identity
-        return any(e.identity == ident for e in self.pending) or any(
-            (s, i) == ident for s, i, _ in self.settled_ids
-        )
+        if ident in self.ids:
+            return Outcome.DUPLICATE
+        self.ids.add(ident)
+        if event.effective_at < self.horizon:
+            self.settled = apply(self.settled, event, late=True)
+            self.settled_ids.append((event.source, event.event_id, event.effective_at))
+            outcome = Outcome.LATE
+        else:
+            insort(self.pending, event, key=StockEvent.order_key)
+            outcome = Outcome.APPLIED
+        self.advance(watermark, lateness_ms=lateness_ms)
+        return outcome
+
+    def advance(self, watermark: int, *, lateness_ms: int) -> None:
+        """Move the horizon to ``watermark - lateness`` and settle what fell behind it."""
+        self.stream_time = max(self.stream_time, watermark)
+        horizon = max(self.horizon, watermark - lateness_ms)
+        pending = self.pending
+        if len(pending) > MAX_PENDING:
+            horizon = max(horizon, pending[len(pending) - MAX_PENDING].effective_at)
+        self.horizon = horizon
+        cut = 0
+        while cut < len(pending) and pending[cut].effective_at < horizon:
+            event = pending[cut]
+            self.settled = apply(self.settled, event)
+            self.settled_ids.append((event.source, event.event_id, event.effective_at))
+            cut += 1
+        if cut:
+            del pending[:cut]
+
+    def close(self, *, lateness_ms: int) -> Position:
+        """The position to store; forgets ids settled more than one lateness window ago."""
+        forget_before = self.horizon - lateness_ms
+        kept = [i for i in self.settled_ids if i[2] >= forget_before]
+        return Position(self.settled, self.horizon, self.stream_time, tuple(self.pending),
+                        tuple(kept))  # fmt: skip
 
 
 def fold(
     position: Position, event: StockEvent, *, lateness_ms: int, watermark: int
 ) -> tuple[Position, Outcome]:
-    """Apply one event.
-
-    ``watermark`` is the event time up to which the key's partition has seen *every* input
-    (the minimum over its input streams that still have data waiting): the horizon follows it,
-    never one stream alone, so a stream consumed ahead of another cannot make the other late.
-    """
-    if position.seen(event):
-        return position, Outcome.DUPLICATE
-    if event.effective_at < position.horizon:
-        settled = apply(position.settled, event, late=True)
-        ids = (*position.settled_ids, (event.source, event.event_id, event.effective_at))
-        position = replace(position, settled=settled, settled_ids=ids)
-        outcome = Outcome.LATE
-    else:
-        pending = list(position.pending)
-        insort(pending, event, key=StockEvent.order_key)
-        position = replace(position, pending=tuple(pending))
-        outcome = Outcome.APPLIED
-    return advance(position, watermark, lateness_ms=lateness_ms), outcome
-
-
-def advance(position: Position, stream_time: int, *, lateness_ms: int) -> Position:
-    """Move the horizon to ``stream_time - lateness`` and settle what fell behind it."""
-    horizon = max(position.horizon, stream_time - lateness_ms)
-    pending = position.pending
-    if len(pending) > MAX_PENDING:
-        horizon = max(horizon, pending[len(pending) - MAX_PENDING].effective_at)
-    if horizon == position.horizon and stream_time <= position.stream_time:
-        return position
-    settled, ids = position.settled, list(position.settled_ids)
-    cut = 0
-    while cut < len(pending) and pending[cut].effective_at < horizon:
-        settled = apply(settled, pending[cut])
-        ids.append((pending[cut].source, pending[cut].event_id, pending[cut].effective_at))
-        cut += 1
-    forget_before = horizon - lateness_ms
-    return Position(
-        settled=settled,
-        horizon=horizon,
-        stream_time=max(position.stream_time, stream_time),
-        pending=pending[cut:],
-        settled_ids=tuple(i for i in ids if i[2] >= forget_before),
-    )
+    """One event into a closed position (convenience for tests; batches use OpenPosition)."""
+    open_position = OpenPosition(position)
+    outcome = open_position.fold(event, lateness_ms=lateness_ms, watermark=watermark)
+    return open_position.close(lateness_ms=lateness_ms), outcome
 
 
 # --- persistence: a compact, JSON-friendly form (the table's value) -----------------------

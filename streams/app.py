@@ -85,7 +85,8 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus_metrics(web: View, request: Request) -> Response:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     app.invsync_folder = folder  # type: ignore[attr-defined]
     return app

@@ -9,8 +9,8 @@ producer):
 3. write each touched position to the table once (changelog record + local store);
 4. produce one availability record per channel for each position whose version moved,
    and the dead letters;
-5. drain Faust's producer buffer, so every record of this batch is handed to the Kafka client
-   before the batch is acked.
+5. drain Faust's producer buffer (normally empty: table writes bypass it), so every record of
+   this batch is in the Kafka client before the batch is acked.
 
 Redeliveries after a crash are recognised by offset: each stored position remembers the last
 offset of every input topic applied to it, so a replayed event is skipped exactly (and its
@@ -30,11 +30,11 @@ from faust.types import TP, EventT, TableT, TopicT
 from invsync.settings import Settings
 from state.availability import project
 from state.events import InvalidEvent, StockEvent, count_from_record, sale_from_record
-from state.position import Position, fold, from_primitive, to_primitive
+from state.position import OpenPosition, Position, from_primitive, to_primitive
 from streams import metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter
-from streams.event_context import acting_for
+from streams.table_writes import write_through
 from streams.watermarks import PartitionClock
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ Parser = Callable[[dict[str, Any]], StockEvent]
 class _Touched:
     """A position being folded in this batch, with the last event that touched it."""
 
-    position: Position
+    position: OpenPosition
     offsets: dict[str, int]
     event: EventT
     version_before: int
@@ -55,7 +55,7 @@ class _Touched:
 
 @dataclass
 class BatchResult:
-    outcomes: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome)
     published: int = 0
 
 
@@ -97,15 +97,14 @@ class BatchFolder:
                 outcome = "dead_lettered"
             else:
                 outcome = self._fold_one(event, stock_event, touched)
-            result.outcomes[outcome] = result.outcomes.get(outcome, 0) + 1
-            metrics.EVENTS.labels(event.message.topic, outcome).inc()
+            counted = (event.message.topic, outcome)
+            result.outcomes[counted] = result.outcomes.get(counted, 0) + 1
         for key, entry in touched.items():
-            with acting_for(entry.event):
-                self.table[key] = orjson.dumps(
-                    {"p": to_primitive(entry.position), "o": entry.offsets}
-                )
-            if entry.position.version != entry.version_before or entry.redelivered:
-                result.published += await self._publish(key, entry.position)
+            position = entry.position.close(lateness_ms=self.settings.lateness_ms)
+            value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
+            await write_through(self.table, key, value, entry.event)
+            if position.version != entry.version_before or entry.redelivered:
+                result.published += await self._publish(key, position)
         for letter in letters:
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
             await self.dead_letters.send(
@@ -113,6 +112,8 @@ class BatchFolder:
                 value=self.codec.encode(topics.DEAD_LETTERS, letter.to_record()),
             )
         await self._drain_producer_buffer()
+        for (topic, outcome), n in result.outcomes.items():
+            metrics.EVENTS.labels(topic, outcome).inc(n)
         return result
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
@@ -134,7 +135,8 @@ class BatchFolder:
         if stock_event is not None and raw_key != stock_event.key.encode():
             reason, detail = "key_mismatch", f"key {raw_key!r} is not {stock_event.key!r}"
             stock_event = None
-        self.clock.observe(topic, partition, offset, stock_event and stock_event.effective_at)
+        event_time = stock_event.effective_at if stock_event is not None else None
+        self.clock.observe(topic, partition, offset, event_time)
         if stock_event is None:
             letters.append(
                 dead_letter(reason, detail, topic, partition, offset, raw_key, raw_value)
@@ -155,8 +157,7 @@ class BatchFolder:
             entry.redelivered = True
             return "redelivered"
         entry.offsets[message.topic] = message.offset
-        entry.position, outcome = fold(
-            entry.position,
+        outcome = entry.position.fold(
             stock_event,
             lateness_ms=self.settings.lateness_ms,
             watermark=self.clock.watermark(message.partition),
@@ -170,7 +171,7 @@ class BatchFolder:
         else:
             data = orjson.loads(stored)
             position, offsets = from_primitive(data["p"]), data["o"]
-        return _Touched(position, offsets, event, position.version)
+        return _Touched(OpenPosition(position), offsets, event, position.version)
 
     async def _publish(self, key: bytes, position: Position) -> int:
         sku, location = topics.split_key(key.decode())

@@ -51,6 +51,7 @@ class Deployment:
     env: dict[str, str]
     tmp: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    web_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
@@ -73,7 +74,7 @@ class Deployment:
             | self.env
             | {
                 "INVSYNC_STATE_DIR": str(state),
-                "INVSYNC_WEB_PORT": str(_free_port()),
+                "INVSYNC_WEB_PORT": str(self.web_ports.setdefault(name, _free_port())),
             }
         )
         log = (self.tmp / f"worker-{name}.log").open("ab")

@@ -1,9 +1,11 @@
 """confluent-kafka's Avro serde against the local stack's Apicurio Registry (ccompat v7 API).
 
-What the app relies on, checked with the client's default configuration (auto-registration,
-TopicNameStrategy ``<topic>-value``): round trip, global BACKWARD compatibility, schema
-evolution in both directions, rejection of an incompatible change. See ``invsync.stack`` for
-the registry settings this needs. Each test uses its own topic name, hence its own subject.
+What the app relies on: round trip, global BACKWARD compatibility, schema evolution in both
+directions, rejection of an incompatible change; subjects are ``<topic>-value``. The serdes use
+``SERDE_CONF`` (topic name strategy, auto-registration), the configuration recommended in
+``invsync.stack``; the round trip is also checked with the client's defaults, whose ASSOCIATED
+strategy first probes ``/associations`` (a route Apicurio does not have) and falls back to the
+topic name. Each test uses its own topic name, hence its own subject.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ V1: dict[str, Any] = {
 V2 = V1 | {"fields": [*V1["fields"], {"name": "location", "type": "string", "default": "none"}]}
 # Not BACKWARD-compatible: a V3 reader has no value for `channel` in V1 data.
 V3_NO_DEFAULT = V1 | {"fields": [*V1["fields"], {"name": "channel", "type": "string"}]}
+
+# no /associations probe before the topic name strategy (see invsync.stack)
+SERDE_CONF = {"subject.name.strategy.type": "TOPIC"}
 
 OLD = {"sku": "A-1", "qty": 3}
 NEW = {"sku": "B-2", "qty": 5, "location": "store-7"}
@@ -84,8 +89,11 @@ def test_association_probe_answers_404(registry: SchemaRegistryClient, topic: st
     assert answer.value.code == 404
 
 
-def test_avro_round_trip_with_default_serde(registry: SchemaRegistryClient, topic: str) -> None:
-    data = AvroSerializer(registry, json.dumps(V1))(OLD, _value(topic))
+@pytest.mark.parametrize("conf", [SERDE_CONF, None], ids=["topic-strategy", "client-defaults"])
+def test_avro_round_trip(
+    registry: SchemaRegistryClient, topic: str, conf: dict[str, str] | None
+) -> None:
+    data = AvroSerializer(registry, json.dumps(V1), conf=conf)(OLD, _value(topic))
     assert data is not None
 
     latest = registry.get_latest_version(f"{topic}-value")  # TopicNameStrategy subject
@@ -93,7 +101,7 @@ def test_avro_round_trip_with_default_serde(registry: SchemaRegistryClient, topi
     assert latest.schema_id == _schema_id(data)
     assert json.loads(latest.schema.schema_str)["name"] == "StockProbe"
     # a fresh client must fetch the writer schema by id (GET /schemas/ids/{id})
-    assert AvroDeserializer(_client())(data, _value(topic)) == OLD
+    assert AvroDeserializer(_client(), conf=conf)(data, _value(topic)) == OLD
 
 
 def test_same_schema_formatted_differently_gets_the_same_id(
@@ -110,16 +118,16 @@ def test_same_schema_formatted_differently_gets_the_same_id(
 def test_evolved_schema_is_accepted_and_readable_both_ways(
     registry: SchemaRegistryClient, topic: str
 ) -> None:
-    old_data = AvroSerializer(registry, json.dumps(V1))(OLD, _value(topic))
-    new_data = AvroSerializer(registry, json.dumps(V2))(NEW, _value(topic))
+    old_data = AvroSerializer(registry, json.dumps(V1), conf=SERDE_CONF)(OLD, _value(topic))
+    new_data = AvroSerializer(registry, json.dumps(V2), conf=SERDE_CONF)(NEW, _value(topic))
     assert old_data is not None and new_data is not None
 
     assert registry.get_versions(f"{topic}-value") == [1, 2]
     assert _schema_id(new_data) != _schema_id(old_data)
 
     reader = _client()
-    old_reader = AvroDeserializer(reader, json.dumps(V1))  # reader schema = V1
-    new_reader = AvroDeserializer(reader, json.dumps(V2))  # reader schema = V2
+    old_reader = AvroDeserializer(reader, json.dumps(V1), conf=SERDE_CONF)  # reader schema V1
+    new_reader = AvroDeserializer(reader, json.dumps(V2), conf=SERDE_CONF)  # reader schema V2
     assert old_reader(new_data, _value(topic)) == {"sku": "B-2", "qty": 5}  # field dropped
     assert new_reader(old_data, _value(topic)) == OLD | {"location": "none"}  # default filled
     assert new_reader(new_data, _value(topic)) == NEW
@@ -127,10 +135,11 @@ def test_evolved_schema_is_accepted_and_readable_both_ways(
 
 def test_incompatible_change_is_rejected(registry: SchemaRegistryClient, topic: str) -> None:
     subject = f"{topic}-value"
-    AvroSerializer(registry, json.dumps(V1))(OLD, _value(topic))
+    AvroSerializer(registry, json.dumps(V1), conf=SERDE_CONF)(OLD, _value(topic))
 
     assert registry.test_compatibility(subject, Schema(json.dumps(V3_NO_DEFAULT), "AVRO")) is False
+    new_serializer = AvroSerializer(registry, json.dumps(V3_NO_DEFAULT), conf=SERDE_CONF)
     with pytest.raises(SchemaRegistryError) as rejected:
-        AvroSerializer(registry, json.dumps(V3_NO_DEFAULT))(OLD | {"channel": "web"}, _value(topic))
+        new_serializer(OLD | {"channel": "web"}, _value(topic))
     assert rejected.value.http_status_code == 409
     assert registry.get_versions(subject) == [1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import signal
 import struct
+import urllib.request
 from typing import Any
 
 import pytest
@@ -121,7 +122,7 @@ def dead_letters(dep: Deployment) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("store", ["rocksdb", "memory"])
 def test_availability_equals_reference_fold_and_duplicates_change_nothing(deployment, store):
-    # both stores: the batch fold sets Faust's current event itself (streams/event_context.py)
+    # both stores: the batch fold sets Faust's current event itself (streams/table_writes.py)
     deployment.env["INVSYNC_STORE"] = store
     items = workload(seed=1, n=2000)
     produce(deployment.settings, items)
@@ -164,6 +165,9 @@ def test_poison_is_dead_lettered_and_the_worker_goes_on(deployment):
         assert letter["raw_key"] == key.encode()
     assert {r["source_offset"] for r in letters if r["reason"] == "undecodable"} == {1}
     assert deployment.workers[0].poll() is None, "the worker is still running"
+    url = f"http://127.0.0.1:{deployment.web_ports['w1']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'invsync_dead_letters_total{reason="undecodable"} 1.0' in text
 
 
 def test_restart_with_wiped_state_rebuilds_from_the_changelog(deployment):
