@@ -37,12 +37,23 @@ def _say(message: str) -> None:
     console.print(message)
 
 
+def _stack_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a stack operation; a StackError is printed as a message, not a traceback."""
+    from invsync import stack
+
+    try:
+        return fn(*args, **kwargs)
+    except stack.StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
 @stack_app.command("install")
 def stack_install() -> None:
     """Fetch the Kafka and Apicurio jars (Maven) if they are not cached yet."""
     from invsync import stack
 
-    stack.install(_settings(), progress=_say)
+    _stack_call(stack.install, _settings(), progress=_say)
 
 
 @stack_app.command("up")
@@ -50,7 +61,7 @@ def stack_up() -> None:
     """Start Kafka (KRaft), Apicurio Registry and Redis; wait until each answers. Idempotent."""
     from invsync import stack
 
-    _print_status(stack.up(_settings(), progress=_say))
+    _print_status(_stack_call(stack.up, _settings(), progress=_say))
 
 
 @stack_app.command("down")
@@ -58,7 +69,7 @@ def stack_down() -> None:
     """Stop the services `stack up` started (and nothing else)."""
     from invsync import stack
 
-    stack.down(_settings(), progress=_say)
+    _stack_call(stack.down, _settings(), progress=_say)
 
 
 @stack_app.command("status")

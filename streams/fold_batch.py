@@ -12,6 +12,9 @@ producer):
 5. drain Faust's producer buffer (normally empty: table writes bypass it), so every record of
    this batch is in the Kafka client before the batch is acked.
 
+A batch fetched before a rebalance writes nothing for the keys whose events came from an older
+consumer generation: the partition's new owner processes them again from the committed offset.
+
 Redeliveries after a crash are recognised by offset: each stored position remembers the last
 offset of every input topic applied to it, so a replayed event is skipped exactly (and its
 position re-published, in case the crash hit between changelog and output).
@@ -57,6 +60,7 @@ class _Touched:
 class BatchResult:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome)
     published: int = 0
+    abandoned: bool = False
 
 
 class BatchFolder:
@@ -79,7 +83,7 @@ class BatchFolder:
             topics.POS_SALES.full_name(settings): sale_from_record,
             topics.CYCLE_COUNTS.full_name(settings): count_from_record,
         }
-        self.clock = PartitionClock(self.parsers, self._highwater)
+        self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
 
     def _highwater(self, topic: str, partition: int) -> int | None:
         try:
@@ -100,6 +104,9 @@ class BatchFolder:
             counted = (event.message.topic, outcome)
             result.outcomes[counted] = result.outcomes.get(counted, 0) + 1
         for key, entry in touched.items():
+            if self._revoked(entry.event):
+                result.abandoned = True  # a rebalance took the partition: its new owner redoes it
+                continue
             position = entry.position.close(lateness_ms=self.settings.lateness_ms)
             value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
             await write_through(self.table, key, value, entry.event)
@@ -163,6 +170,11 @@ class BatchFolder:
             watermark=self.clock.watermark(message.partition),
         )
         return outcome.value
+
+    def _revoked(self, event: EventT) -> bool:
+        """True when a rebalance happened since ``event`` was fetched: writing its position now
+        could overwrite what the partition's new owner already wrote (a zombie write)."""
+        return bool(event.message.generation_id != self.table.app.consumer_generation_id)
 
     def _load(self, key: bytes, event: EventT) -> _Touched:
         stored = self.table.get(key)

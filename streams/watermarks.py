@@ -1,11 +1,14 @@
 """Per-partition event-time watermarks over several co-partitioned input topics.
 
 The watermark of partition ``p`` is the event time up to which every input topic's partition
-``p`` has been folded: the minimum of their stream times over the topics that still have
-records waiting (high watermark beyond what was folded), or the maximum when none has. So a
-topic fetched ahead of another (a replay, a burst) cannot make the other's events late, and an
-idle topic does not hold time back. This is Kafka Streams' partition-group rule, with "has data
-waiting" read from the consumer's high watermarks instead of a wall-clock idle timeout.
+``p`` is believed folded: the minimum, over the input topics, of their stream times. A topic
+with nothing waiting (the consumer's high watermark is at what was folded) holds time back by
+at most ``max_skew_ms`` behind the newest topic, so a quiet topic does not stop time; a topic
+with records waiting holds it back fully, so a topic fetched ahead of another (a replay, a
+burst) cannot make the other's events late. The skew bound also covers a stale high watermark
+(records produced since the last fetch). This is Kafka Streams' partition-group rule, with
+"has data waiting" read from high watermarks and an event-time bound instead of a wall-clock
+idle timeout, so a replay computes the same watermarks.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ HighWater = Callable[[str, int], int | None]  # (topic, partition) -> next offse
 
 
 class PartitionClock:
-    def __init__(self, topics: Iterable[str], highwater: HighWater) -> None:
+    def __init__(self, topics: Iterable[str], highwater: HighWater, max_skew_ms: int) -> None:
         self.topics = tuple(topics)
+        self.max_skew_ms = max_skew_ms
         self.highwater = highwater
         self.stream_time: dict[tuple[str, int], int] = {}
         self.folded_offset: dict[tuple[str, int], int] = {}
@@ -39,5 +43,8 @@ class PartitionClock:
 
     def watermark(self, partition: int) -> int:
         times = {t: self.stream_time.get((t, partition), NEVER) for t in self.topics}
-        waiting = [times[t] for t in self.topics if self._waiting(t, partition)]
-        return min(waiting) if waiting else max(times.values())
+        quiet_bound = max(times.values()) - self.max_skew_ms
+        return min(
+            times[t] if self._waiting(t, partition) else max(times[t], quiet_bound)
+            for t in self.topics
+        )
