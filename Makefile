@@ -36,7 +36,7 @@ stack-down:
 topics: stack-up
 	$(INVSYNC) topics create
 
-run: topics
+run: install
 	@ops/run.sh
 
 lint: install

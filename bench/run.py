@@ -310,6 +310,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
     args = parser.parse_args()
     run = uuid.uuid4().hex[:6]
     env = {
@@ -326,26 +327,35 @@ def main() -> None:
     baseline_eps = baseline(settings, args.events)
     print(f"  {baseline_eps:,.0f} events/s")
     with tempfile.TemporaryDirectory() as tmp:
-        env["INVSYNC_STATE_DIR"] = str(Path(tmp) / "state")
-        log = RESULTS / "worker.log"
         RESULTS.mkdir(parents=True, exist_ok=True)
-        proc = start_worker(settings, env, log)
+        procs = [
+            start_worker(
+                settings,
+                env | {"INVSYNC_STATE_DIR": f"{tmp}/state{i}", "INVSYNC_WEB_PORT": str(6066 + i)},
+                RESULTS / f"worker{i}.log",
+            )
+            for i in range(args.workers)
+        ]
+        proc = procs[0]
         try:
-            print("invsync: worker folding the same events ...")
+            print(f"invsync: {args.workers} worker(s) folding the same events ...")
             invsync_eps = invsync_throughput(settings, args.events, proc)
             print(f"  {invsync_eps:,.0f} events/s")
             rate = invsync_eps / 2
             print(f"latency at {rate:,.0f} events/s for {args.latency_seconds:.0f}s ...")
             lat = latency(settings, rate, args.latency_seconds, proc)
         finally:
-            proc.terminate()
-            proc.wait(60)
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(60)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     result = {
         "events": args.events,
         "partitions": settings.partitions,
+        "workers": args.workers,
         "baseline_eps": round(baseline_eps),
         "invsync_eps": round(invsync_eps),
         "ratio": round(invsync_eps / baseline_eps, 3),

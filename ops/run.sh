@@ -11,8 +11,10 @@ $INVSYNC stack up
 $INVSYNC topics create
 
 pids=()
+stopping=0
 cleanup() {
   trap - INT TERM EXIT
+  stopping=1
   echo; echo "stopping worker and simulator..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -35,7 +37,9 @@ invsync is running (worker log: .stack/logs/worker.log, simulator log: .stack/lo
   metrics:              curl -s http://127.0.0.1:${port}/metrics | grep invsync_
   topics:               .venv/bin/invsync topics list
 
-Ctrl-C stops the worker, the simulator$( [ "$stack_was_up" = 0 ] && echo " and the stack" ).
+Ctrl-C stops the worker and the simulator$( [ "$stack_was_up" = 0 ] && echo ", then the stack" ).
 TXT
 wait -n "${pids[@]}" || true
-echo "a process exited; see .stack/logs/worker.log and .stack/logs/simulator.log"
+if [ "$stopping" = 0 ]; then
+  echo "the worker or the simulator exited; see .stack/logs/worker.log and .stack/logs/simulator.log"
+fi

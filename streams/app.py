@@ -1,9 +1,10 @@
 """The Faust app: topics, the positions table and the fold agent, wired from settings.
 
 Delivery guarantee: at-least-once input with idempotent effects. Offsets are committed by Faust
-only for acked events, after flushing the producer; the fold agent acks a batch only after its
-table writes and outputs are handed to the producer (see :mod:`streams.fold_batch`). Faust's
-``exactly_once`` mode is not used.
+only for acked events, after flushing the producer; the fold agent acks an event only after its
+batch's table writes and outputs are handed to the producer, and never acks one whose partition
+was taken by a rebalance meanwhile (see :mod:`streams.fold_batch`). Faust's ``exactly_once``
+mode is not used.
 """
 
 from __future__ import annotations
@@ -64,10 +65,9 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         topics.POS_SALES.full_name(settings), topics.CYCLE_COUNTS.full_name(settings)
     )
     availability = {
-        channel: raw_topic(topics.availability(channel).full_name(settings))
-        for channel in settings.channels
+        channel: topics.availability(channel).full_name(settings) for channel in settings.channels
     }
-    dead_letters = raw_topic(topics.DEAD_LETTERS.full_name(settings))
+    dead_letters = topics.DEAD_LETTERS.full_name(settings)
     table = app.Table(  # bytes in, bytes out: the "raw" codec; we encode with orjson
         POSITIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
@@ -75,13 +75,19 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
 
     @app.agent(inputs, name="fold")
     async def fold_agent(stream: faust.StreamT) -> None:
-        within = settings.batch_within_ms / 1000
-        async for batch in cast(faust.Stream, stream).take_events(
-            settings.batch_max, within=within
-        ):
+        # noack_take, not take_events: take_events acks a batch in a `finally`, so a batch
+        # cut short (shutdown, crash) would be committed unprocessed. Here an event is acked
+        # only after its batch is written and produced (see streams/fold_batch.py).
+        faust_stream = cast(faust.Stream, stream)
+        batches = faust_stream.noack_take(
+            settings.batch_max, within=settings.batch_within_ms / 1000
+        )
+        async for batch in batches:
             with metrics.BATCH_SECONDS.time():
-                await folder.process(batch)
+                result = await folder.process(batch)
             metrics.BATCH_EVENTS.observe(len(batch))
+            for event in result.ackable:
+                await faust_stream.ack(event)
 
     @app.page("/metrics")
     async def prometheus_metrics(web: View, request: Request) -> Response:

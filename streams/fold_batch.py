@@ -1,8 +1,8 @@
 """Fold one batch of input events into the positions table and emit what changed.
 
-The commit order, for every batch (the agent acks the batch's events only after
-:meth:`BatchFolder.process` returns, and Faust commits acked offsets only after flushing the
-producer):
+The commit order, for every batch (the agent acks the events in ``BatchResult.ackable`` only
+after :meth:`BatchFolder.process` returns, and Faust commits acked offsets only after flushing
+the producer):
 
 1. decode each event; what cannot be decoded or validated becomes a dead letter;
 2. fold the valid events, in arrival order, into their position (read once per key);
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from faust.types import TP, EventT, TableT, TopicT
+from faust.types import TP, EventT, TableT
 
 from invsync.settings import Settings
 from state.availability import project
@@ -60,7 +60,7 @@ class _Touched:
 class BatchResult:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome)
     published: int = 0
-    abandoned: bool = False
+    ackable: list[EventT] = field(default_factory=list)  # events whose effects are produced
 
 
 class BatchFolder:
@@ -71,8 +71,8 @@ class BatchFolder:
         settings: Settings,
         codec: Codec,
         table: TableT,
-        availability: dict[str, TopicT],
-        dead_letters: TopicT,
+        availability: dict[str, str],
+        dead_letters: str,
     ) -> None:
         self.settings = settings
         self.codec = codec
@@ -105,8 +105,7 @@ class BatchFolder:
             result.outcomes[counted] = result.outcomes.get(counted, 0) + 1
         for key, entry in touched.items():
             if self._revoked(entry.event):
-                result.abandoned = True  # a rebalance took the partition: its new owner redoes it
-                continue
+                continue  # a rebalance happened: the partition's (new) owner redoes these events
             position = entry.position.close(lateness_ms=self.settings.lateness_ms)
             value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
             await write_through(self.table, key, value, entry.event)
@@ -114,11 +113,10 @@ class BatchFolder:
                 result.published += await self._publish(key, position)
         for letter in letters:
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
-            await self.dead_letters.send(
-                key=letter.source_topic.encode(),
-                value=self.codec.encode(topics.DEAD_LETTERS, letter.to_record()),
-            )
+            value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
+            await self._send(self.dead_letters, letter.source_topic.encode(), value)
         await self._drain_producer_buffer()
+        result.ackable = [event for event in events if not self._revoked(event)]
         for (topic, outcome), n in result.outcomes.items():
             metrics.EVENTS.labels(topic, outcome).inc(n)
         return result
@@ -190,8 +188,14 @@ class BatchFolder:
         ledger = position.view()
         for channel, topic in self.availability.items():
             record = project(channel, sku, location, ledger).to_record()
-            await topic.send(key=key, value=self.codec.encode(topics.availability(channel), record))
+            value = self.codec.encode(topics.availability(channel), record)
+            await self._send(topic, key, value)
         return len(self.availability)
+
+    async def _send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Hand a record to the Kafka producer (partitioned by key, murmur2); it is flushed
+        before the offsets of this batch are committed."""
+        await self.table.app.producer.send(topic, key, value, None, None, None)
 
     async def _drain_producer_buffer(self) -> None:
         buffer = self.table.app.producer.buffer

@@ -6,7 +6,8 @@ RocksDB, the partition store from it) and there is none inside ``stream.take_eve
 drained one await per message (measured: the largest single cost of the fold).
 
 :func:`write_through` has the same effect — local store write in the event's partition, then
-the changelog record for that partition — with the record handed straight to the Kafka producer.
+the changelog record for that partition — with the record handed straight to the Kafka producer
+(``app.producer.send``: no Faust buffer, future message or sensor per record).
 The caller's commit order is unchanged: offsets are committed after the producer is flushed.
 Tested against both the memory and the RocksDB store (``tests/integration``).
 """
@@ -35,4 +36,5 @@ async def write_through(table: TableT, key: bytes, value: bytes, event: EventT) 
     """``table[key] = value`` for a key that arrived on ``event``'s partition."""
     with acting_for(event):
         table.data[key] = value
-    await table.changelog_topic.send(key=key, value=value, partition=event.message.partition)
+    changelog = table.changelog_topic.get_topic_name()
+    await table.app.producer.send(changelog, key, value, event.message.partition, None, None)

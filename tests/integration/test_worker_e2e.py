@@ -108,7 +108,7 @@ def availability_matches(dep: Deployment, items: list[Item]) -> bool | Mismatch:
     return Mismatch(keys_wrong=len(wrong), sample=dict(list(wrong.items())[:5]))
 
 
-def assert_availability_reaches_reference(dep: Deployment, items: list[Item], timeout_s=90):
+def assert_availability_reaches_reference(dep: Deployment, items: list[Item], timeout_s=180):
     try:
         poll_until(lambda: availability_matches(dep, items), timeout_s, "availability = reference")
     except AssertionError:
@@ -212,6 +212,6 @@ def test_a_second_worker_takes_partitions_and_nothing_is_lost_or_doubled(deploym
     deployment.start_worker("w1")
     assert_availability_reaches_reference(deployment, items[:1000])
     deployment.start_worker("w2")
-    poll_until(lambda: _group_members(deployment) == 2, 90, "two workers with partitions")
+    poll_until(lambda: _group_members(deployment) == 2, 180, "two workers with partitions")
     produce(deployment.settings, items[1000:])
     assert_availability_reaches_reference(deployment, items)
