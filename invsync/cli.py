@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import typer
@@ -176,4 +177,7 @@ def tail(
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("httpx", "httpx2"):  # one line per registry request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     app()

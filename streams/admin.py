@@ -27,32 +27,34 @@ class TopicsMissing(RuntimeError):
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 5000})
+    # librdkafka would print every refused connection; failures surface as exceptions instead
+    return AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 5000, "log_level": 0}
+    )
 
 
 def wait_for_cluster(settings: Settings, timeout_s: float | None = None) -> AdminClient:
     """Return an admin client once the cluster answers; raise after ``startup_timeout_s``."""
-    deadline = time.monotonic() + (timeout_s or settings.startup_timeout_s)
+    limit = timeout_s or settings.startup_timeout_s
+    deadline = time.monotonic() + limit
     client = admin_client(settings)
     attempt = 0
     while True:
         attempt += 1
         try:
-            client.list_topics(timeout=5)
+            client.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
             return client
         except KafkaException as exc:
+            log.warning(
+                "Kafka at %s not reachable yet (attempt %d, giving up in %.0fs): %s",
+                settings.kafka_bootstrap, attempt, max(0.0, deadline - time.monotonic()), exc,
+            )  # fmt: skip
             if time.monotonic() >= deadline:
                 raise ClusterUnavailable(
-                    f"Kafka at {settings.kafka_bootstrap} (INVSYNC_KAFKA_BOOTSTRAP) did not answer "
-                    f"within {timeout_s or settings.startup_timeout_s:.0f}s: {exc}. "
-                    "Is it running? Locally: `invsync stack up`."
+                    f"Kafka at {settings.kafka_bootstrap} (INVSYNC_KAFKA_BOOTSTRAP) did not "
+                    f"answer within {limit:.0f}s: {exc}. Is it running? Locally: "
+                    "`invsync stack up`."
                 ) from None
-            log.warning(
-                "Kafka at %s not reachable yet (attempt %d): %s",
-                settings.kafka_bootstrap,
-                attempt,
-                exc,
-            )
             time.sleep(min(2.0, 0.2 * attempt))
 
 
