@@ -35,7 +35,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from invsync.settings import Settings, load_settings
-from streams import topics
+from streams import records, topics
 from streams.admin import create_topics
 from streams.codec import Codec
 
@@ -74,27 +74,15 @@ def produce_workload(settings: Settings, n: int, seed: int = 11) -> float:
         at = T0 + i * 100
         if i % 20 == 19:
             spec = counts
-            value: dict[str, Any] = {
-                "event_id": f"c{i}",
-                "source": "counter",
-                "sku": sku,
-                "location": loc,
-                "occurred_at": at,
-                "count_id": f"cnt{i}",
-                "counted_at": at - 1000,
-                "counted_quantity": rnd.randint(0, 50),
-            }
+            value = records.cycle_count(
+                f"c{i}", "counter", sku, loc, counted_at=at - 1000, reported_at=at,
+                counted=rnd.randint(0, 50), count_id=f"cnt{i}",
+            )  # fmt: skip
         else:
             spec = sales
-            value = {
-                "event_id": f"s{i}",
-                "source": f"pos-{loc}",
-                "sku": sku,
-                "location": loc,
-                "occurred_at": at,
-                "quantity": rnd.choice((1, 1, 1, 2, 3, -1)),
-                "transaction_id": None,
-            }
+            value = records.pos_sale(
+                f"s{i}", f"pos-{loc}", sku, loc, at, rnd.choice((1, 1, 1, 2, 3, -1))
+            )
         data = codec.encode(spec, value)
         while True:
             try:
@@ -274,15 +262,8 @@ def latency(
         due = started + i / rate
         while (now := time.monotonic()) < due:
             out_fast.poll(min(0.005, due - now))
-        value = {
-            "event_id": f"lat{i}",
-            "source": f"pos-{loc}",
-            "sku": sku,
-            "location": loc,
-            "occurred_at": int(time.time() * 1000),
-            "quantity": 1,
-            "transaction_id": None,
-        }
+        now_ms = int(time.time() * 1000)
+        value = records.pos_sale(f"lat{i}", f"pos-{loc}", sku, loc, now_ms, 1)
         out_fast.produce(
             topics.POS_SALES.full_name(settings),
             key=f"{sku}|{loc}".encode(),

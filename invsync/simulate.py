@@ -75,6 +75,7 @@ from rich.progress import (
 from rich.table import Table
 
 from invsync.settings import Settings
+from streams import records
 from streams.topics import CYCLE_COUNTS, POS_SALES, TopicSpec, make_key
 
 SECOND_MS = 1_000
@@ -359,15 +360,10 @@ class _World:
     def _sale_record(self, at: int, sku: int, store: int, quantity: int, kind: str) -> SimRecord:
         location = self.locations[store]
         source = f"pos-{location}"
-        value = {
-            "event_id": self._next_id(source),
-            "source": source,
-            "sku": self.skus[sku],
-            "location": location,
-            "occurred_at": at,
-            "quantity": quantity,
-            "transaction_id": f"{location}-{self._next_id('txn-' + location)}",
-        }
+        value = records.pos_sale(
+            self._next_id(source), source, self.skus[sku], location, at, quantity,
+            transaction_id=f"{location}-{self._next_id('txn-' + location)}",
+        )  # fmt: skip
         return SimRecord(POS_SALES, make_key(self.skus[sku], location), value, kind=kind)
 
     def _next_id(self, source: str) -> str:
@@ -453,16 +449,12 @@ class _World:
     def _count_record(self, counted_at: int, reported_at: int, sku: int, loc: int) -> SimRecord:
         location = self.locations[loc]
         source = f"rf-{location}"
-        value = {
-            "event_id": self._next_id(source),
-            "source": source,
-            "sku": self.skus[sku],
-            "location": location,
-            "occurred_at": reported_at,
-            "count_id": f"CC-{location}-{self._next_id('count-' + location)}",
-            "counted_at": counted_at,
-            "counted_quantity": self._counted(self._state(sku, loc).units, loc),
-        }
+        value = records.cycle_count(
+            self._next_id(source), source, self.skus[sku], location,
+            counted_at=counted_at, reported_at=reported_at,
+            counted=self._counted(self._state(sku, loc).units, loc),
+            count_id=f"CC-{location}-{self._next_id('count-' + location)}",
+        )  # fmt: skip
         return SimRecord(CYCLE_COUNTS, make_key(self.skus[sku], location), value, kind="count")
 
     def _counted(self, units: int, loc: int) -> int:

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from state.events import StockEvent, count_from_record, sale_from_record
-from streams import topics
+from streams import records, topics
 from tests.integration.conftest import Deployment
 from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all
 from tests.reference import reference_positions
@@ -28,29 +28,15 @@ Item = tuple[topics.TopicSpec, str, dict[str, Any] | bytes]
 
 
 def sale(i: int, sku: str, loc: str, at: int, qty: int) -> Item:
-    value = {
-        "event_id": f"s{i}",
-        "source": f"pos-{loc}",
-        "sku": sku,
-        "location": loc,
-        "occurred_at": at,
-        "quantity": qty,
-        "transaction_id": None,
-    }
+    value = records.pos_sale(f"s{i}", f"pos-{loc}", sku, loc, at, qty)
     return topics.POS_SALES, topics.make_key(sku, loc), value
 
 
 def count(i: int, sku: str, loc: str, at: int, qty: int) -> Item:
-    value = {
-        "event_id": f"c{i}",
-        "source": "counter",
-        "sku": sku,
-        "location": loc,
-        "occurred_at": at + MINUTE,
-        "count_id": f"cnt{i}",
-        "counted_at": at,
-        "counted_quantity": qty,
-    }
+    value = records.cycle_count(
+        f"c{i}", "counter", sku, loc, counted_at=at, reported_at=at + MINUTE, counted=qty,
+        count_id=f"cnt{i}",
+    )  # fmt: skip
     return topics.CYCLE_COUNTS, topics.make_key(sku, loc), value
 
 

@@ -1,0 +1,27 @@
+"""Build input records (the Avro value dicts of ``schemas/avro``) for producers of test data.
+
+The simulator, the benchmark and the tests produce the same two record types; this is the one
+place that knows their fields. Timestamps are UTC millis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pos_sale(
+    event_id: str, source: str, sku: str, location: str, occurred_at: int, quantity: int,
+    transaction_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    return {"event_id": event_id, "source": source, "sku": sku, "location": location,
+            "occurred_at": occurred_at, "quantity": quantity,
+            "transaction_id": transaction_id}  # fmt: skip
+
+
+def cycle_count(
+    event_id: str, source: str, sku: str, location: str, *, counted_at: int, reported_at: int,
+    counted: int, count_id: str,
+) -> dict[str, Any]:  # fmt: skip
+    return {"event_id": event_id, "source": source, "sku": sku, "location": location,
+            "occurred_at": reported_at, "count_id": count_id, "counted_at": counted_at,
+            "counted_quantity": counted}  # fmt: skip
