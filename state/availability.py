@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from state.position import NEVER, Ledger
+from state.position import Ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ def project(
         status=status,
         confidence=1.0,
         version=ledger.applied,
-        as_of=max(ledger.as_of, 0) if ledger.as_of != NEVER else 0,
+        as_of=max(ledger.as_of, 0),  # 0 for a position that has seen no event
         last_count_at=ledger.last_count_at,
         units_moved_since_count=ledger.moved_since_count,
         late_events=ledger.late,

@@ -94,5 +94,4 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
-    app.invsync_folder = folder  # type: ignore[attr-defined]
     return app

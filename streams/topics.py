@@ -18,10 +18,9 @@ from pathlib import Path
 import orjson
 
 from invsync.settings import Settings
+from state.events import KEY_SEPARATOR
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
-
-KEY_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
