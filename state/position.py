@@ -116,9 +116,8 @@ class OpenPosition:
         """Apply one event.
 
         ``watermark`` is the event time up to which the key's partition has seen *every* input
-        (the minimum over its input streams that still have data waiting): the horizon follows
-        it, never one stream alone, so a stream consumed ahead of another cannot make the
-        other's events late.
+        (see ``streams/watermarks.py``): the horizon follows it, never one stream alone, so a
+        stream consumed ahead of another cannot make the other's events late.
         """
         ident = event.identity
         if ident in self.ids:

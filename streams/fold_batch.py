@@ -8,9 +8,8 @@ the producer):
 2. fold the valid events, in arrival order, into their position (read once per key);
 3. write each touched position to the table once (changelog record + local store);
 4. produce one availability record per channel for each position whose version moved,
-   and the dead letters;
-5. drain Faust's producer buffer (normally empty: table writes bypass it), so every record of
-   this batch is in the Kafka client before the batch is acked.
+   and the dead letters — every record handed straight to the Kafka client, so the producer
+   flush before the commit covers them all.
 
 A batch fetched before a rebalance writes nothing for the keys whose events came from an older
 consumer generation: the partition's new owner processes them again from the committed offset.
@@ -59,7 +58,6 @@ class _Touched:
 @dataclass
 class BatchResult:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome)
-    published: int = 0
     ackable: list[EventT] = field(default_factory=list)  # events whose effects are produced
 
 
@@ -110,12 +108,11 @@ class BatchFolder:
             value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
             await write_through(self.table, key, value, entry.event)
             if position.version != entry.version_before or entry.redelivered:
-                result.published += await self._publish(key, position)
+                await self._publish(key, position)
         for letter in letters:
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
             value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
             await self._send(self.dead_letters, letter.source_topic.encode(), value)
-        await self._drain_producer_buffer()
         result.ackable = [event for event in events if not self._revoked(event)]
         for (topic, outcome), n in result.outcomes.items():
             metrics.EVENTS.labels(topic, outcome).inc(n)
@@ -183,21 +180,15 @@ class BatchFolder:
             position, offsets = from_primitive(data["p"]), data["o"]
         return _Touched(OpenPosition(position), offsets, event, position.version)
 
-    async def _publish(self, key: bytes, position: Position) -> int:
+    async def _publish(self, key: bytes, position: Position) -> None:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
         for channel, topic in self.availability.items():
             record = project(channel, sku, location, ledger).to_record()
             value = self.codec.encode(topics.availability(channel), record)
             await self._send(topic, key, value)
-        return len(self.availability)
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> None:
         """Hand a record to the Kafka producer (partitioned by key, murmur2); it is flushed
         before the offsets of this batch are committed."""
         await self.table.app.producer.send(topic, key, value, None, None, None)
-
-    async def _drain_producer_buffer(self) -> None:
-        buffer = self.table.app.producer.buffer
-        while buffer.size:
-            await buffer.flush()

@@ -1,9 +1,10 @@
 """Write a Faust table from a batch, on purpose and fast.
 
 ``table[key] = value`` needs a *current event* (it picks the changelog partition and, for
-RocksDB, the partition store from it) and there is none inside ``stream.take_events`` batches
-(FAUST-FACTS 1). It also routes the changelog record through Faust's producer buffer, which is
-drained one await per message (measured: the largest single cost of the fold).
+RocksDB, the partition store from it) and there is none inside ``stream.noack_take`` batches
+(FAUST-FACTS 1). It also routes the changelog record through Faust's producer buffer, drained by
+a background task one await per message, whose ``flush`` may return (after 0.1 s without
+progress) while records are still buffered.
 
 :func:`write_through` has the same effect — local store write in the event's partition, then
 the changelog record for that partition — with the record handed straight to the Kafka producer
