@@ -6,10 +6,9 @@ a machine-readable reason. Nothing here knows about Kafka; the caller dead-lette
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 KEY_SEPARATOR = "|"
 
@@ -28,9 +27,8 @@ class InvalidEvent(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class StockEvent:
-    """One input event, normalised.
+class StockEvent(NamedTuple):
+    """One input event, normalised (immutable; a tuple, cheap to build).
 
     ``effective_at`` is the event time at which the event takes effect: ``occurred_at`` for a
     movement, ``counted_at`` for a count (a count is an as-of snapshot). ``quantity`` is the

@@ -24,7 +24,7 @@ from __future__ import annotations
 from bisect import insort
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from state.events import Kind, StockEvent
 
@@ -38,9 +38,8 @@ class Outcome(StrEnum):
     LATE = "late"
 
 
-@dataclass(frozen=True, slots=True)
-class Ledger:
-    """Recorded stock after a run of events, with what a count told us last."""
+class Ledger(NamedTuple):
+    """Recorded stock after a run of events, with what a count told us last (immutable)."""
 
     on_hand: int = 0
     last_count_at: int | None = None
@@ -72,11 +71,14 @@ def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
     return Ledger(on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of)
 
 
+EMPTY_LEDGER = Ledger()
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     """Settled ledger + the events still inside the lateness window, in event-time order."""
 
-    settled: Ledger = Ledger()
+    settled: Ledger = EMPTY_LEDGER
     horizon: int = NEVER  # events with effective_at < horizon are settled
     stream_time: int = NEVER  # the newest watermark this position was advanced to
     pending: tuple[StockEvent, ...] = ()
@@ -95,13 +97,15 @@ class Position:
 
 
 class OpenPosition:
-    """A position while a batch folds into it: mutable, with an index of the ids it has seen.
+    """A position while events fold into it: mutable, with an index of the ids it has seen and
+    the current view kept up to date when events arrive in order.
 
-    Open it once per key per batch, fold every event of the batch, then :meth:`close` it; the
-    cost per event is O(log n) plus a list insert, not a copy of the position.
+    :meth:`close` returns the position to store and leaves this object equal to
+    ``OpenPosition(closed)``, so a caller may keep it open across batches (a cache) instead of
+    reopening the stored value. The cost per event is O(log n) plus a list insert, not a copy.
     """
 
-    __slots__ = ("horizon", "ids", "pending", "settled", "settled_ids", "stream_time")
+    __slots__ = ("_view", "horizon", "ids", "pending", "settled", "settled_ids", "stream_time")
 
     def __init__(self, position: Position) -> None:
         self.settled = position.settled
@@ -109,8 +113,22 @@ class OpenPosition:
         self.stream_time = position.stream_time
         self.pending = list(position.pending)
         self.settled_ids = list(position.settled_ids)
-        self.ids = {e.identity for e in self.pending}
+        self.ids = {(e.source, e.event_id) for e in self.pending}
         self.ids.update((src, eid) for src, eid, _ in self.settled_ids)
+        self._view: Ledger | None = None
+
+    @property
+    def version(self) -> int:
+        return self.settled.applied + len(self.pending)
+
+    def view(self) -> Ledger:
+        """The current ledger: settled, with the pending events applied in order."""
+        if self._view is None:
+            ledger = self.settled
+            for event in self.pending:
+                ledger = apply(ledger, event)
+            self._view = ledger
+        return self._view
 
     def fold(self, event: StockEvent, *, lateness_ms: int, watermark: int) -> Outcome:
         """Apply one event.
@@ -119,43 +137,59 @@ class OpenPosition:
         (see ``streams/watermarks.py``): the horizon follows it, never one stream alone, so a
         stream consumed ahead of another cannot make the other's events late.
         """
-        ident = event.identity
+        ident = (event.source, event.event_id)
         if ident in self.ids:
             return Outcome.DUPLICATE
         self.ids.add(ident)
+        pending = self.pending
         if event.effective_at < self.horizon:
             self.settled = apply(self.settled, event, late=True)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
+            self._view = None
             outcome = Outcome.LATE
+        elif not pending or pending[-1].order_key() < event.order_key():
+            pending.append(event)  # the common case: in order; the view extends
+            if self._view is not None:
+                self._view = apply(self._view, event)
+            outcome = Outcome.APPLIED
         else:
-            insort(self.pending, event, key=StockEvent.order_key)
+            insort(pending, event, key=StockEvent.order_key)
+            self._view = None
             outcome = Outcome.APPLIED
         self.advance(watermark, lateness_ms=lateness_ms)
         return outcome
 
     def advance(self, watermark: int, *, lateness_ms: int) -> None:
-        """Move the horizon to ``watermark - lateness`` and settle what fell behind it."""
-        self.stream_time = max(self.stream_time, watermark)
+        """Move the horizon to ``watermark - lateness`` and settle what fell behind it (the
+        view does not change: settling applies the same events in the same order)."""
+        if watermark > self.stream_time:
+            self.stream_time = watermark
         horizon = max(self.horizon, watermark - lateness_ms)
         pending = self.pending
         if len(pending) > MAX_PENDING:
             horizon = max(horizon, pending[len(pending) - MAX_PENDING].effective_at)
         self.horizon = horizon
         cut = 0
+        settled = self.settled
         while cut < len(pending) and pending[cut].effective_at < horizon:
             event = pending[cut]
-            self.settled = apply(self.settled, event)
+            settled = apply(settled, event)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             cut += 1
         if cut:
+            self.settled = settled
             del pending[:cut]
 
     def close(self, *, lateness_ms: int) -> Position:
         """The position to store; forgets ids settled more than one lateness window ago."""
         forget_before = self.horizon - lateness_ms
-        kept = [i for i in self.settled_ids if i[2] >= forget_before]
+        ids = self.settled_ids
+        if any(at < forget_before for _, _, at in ids):
+            kept = [i for i in ids if i[2] >= forget_before]
+            self.ids.difference_update((src, eid) for src, eid, at in ids if at < forget_before)
+            self.settled_ids = ids = kept
         return Position(self.settled, self.horizon, self.stream_time, tuple(self.pending),
-                        tuple(kept))  # fmt: skip
+                        tuple(ids))  # fmt: skip
 
 
 def fold(
@@ -172,35 +206,16 @@ def fold(
 _FORMAT = 1
 
 
+_KINDS = {kind.value: kind for kind in Kind}
+
+
 def to_primitive(position: Position) -> list[Any]:
-    s = position.settled
     return [
         _FORMAT,
-        [
-            s.on_hand,
-            s.last_count_at,
-            s.last_count_id,
-            s.last_discrepancy,
-            s.moved_since_count,
-            s.applied,
-            s.late,
-            s.as_of,
-        ],
+        list(position.settled),
         position.horizon,
         position.stream_time,
-        [
-            [
-                e.source,
-                e.event_id,
-                e.sku,
-                e.location,
-                e.kind.value,
-                e.effective_at,
-                e.quantity,
-                e.ref,
-            ]
-            for e in position.pending
-        ],
+        [tuple(e) for e in position.pending],  # kind is a str enum: serialised as its value
         [list(i) for i in position.settled_ids],
     ]
 
@@ -209,12 +224,13 @@ def from_primitive(data: list[Any]) -> Position:
     fmt, s, horizon, stream_time, pending, ids = data
     if fmt != _FORMAT:
         raise ValueError(f"unknown position format {fmt}")
+    kinds = _KINDS
     return Position(
         settled=Ledger(*s),
         horizon=horizon,
         stream_time=stream_time,
         pending=tuple(
-            StockEvent(src, eid, sku, loc, Kind(kind), at, qty, ref)
+            StockEvent(src, eid, sku, loc, kinds[kind], at, qty, ref)
             for src, eid, sku, loc, kind, at, qty, ref in pending
         ),
         settled_ids=tuple((src, eid, at) for src, eid, at in ids),

@@ -1,16 +1,18 @@
 """The Faust app: topics, the positions table and the fold agent, wired from settings.
 
-Delivery guarantee: at-least-once input with idempotent effects. Offsets are committed by Faust
-only for acked events, after flushing the producer; the fold agent acks an event only after its
-batch's table writes and outputs are handed to the producer, and never acks one whose partition
-was taken by a rebalance meanwhile (see :mod:`streams.fold_batch`). Faust's ``exactly_once``
-mode is not used.
+Delivery guarantee: at-least-once input with idempotent effects. Faust commits offsets only for
+acked events; the fold agent acks an event only after the broker acknowledged its batch's
+changelog records and outputs (:mod:`streams.delivery`), and never acks one whose partition was
+taken by a rebalance meanwhile (:mod:`streams.fold_batch`). On a rebalance Faust waits for
+every started event to be acked before it commits and gives partitions away, so in-flight
+outputs are durable before another worker takes over. Faust's ``exactly_once`` mode is not used.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import cast
+from typing import Any, cast
 
 import faust
 from faust.web import Request, Response, View
@@ -19,11 +21,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from invsync.settings import Settings
 from streams import metrics, topics
 from streams.codec import Codec
+from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
+from streams.position_store import PositionStore
 
 log = logging.getLogger(__name__)
 
 POSITIONS_TABLE = "positions"
+MAX_IN_FLIGHT_BATCHES = 4  # folded, not yet acknowledged by the broker: bounds memory and redo
 
 
 def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
@@ -71,23 +76,39 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     table = app.Table(  # bytes in, bytes out: the "raw" codec; we encode with orjson
         POSITIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-    folder = BatchFolder(settings, codec, table, availability, dead_letters)
+    outputs = Outputs(settings, table.changelog_topic.get_topic_name())
+    folder = BatchFolder(settings, codec, table, outputs, availability, dead_letters)
 
     @app.agent(inputs, name="fold")
     async def fold_agent(stream: faust.StreamT) -> None:
         # noack_take, not take_events: take_events acks a batch in a `finally`, so a batch
         # cut short (shutdown, crash) would be committed unprocessed. Here an event is acked
-        # only after its batch is written and produced (see streams/fold_batch.py).
+        # only after the records its batch caused are acknowledged by the broker.
         faust_stream = cast(faust.Stream, stream)
-        batches = faust_stream.noack_take(
-            settings.batch_max, within=settings.batch_within_ms / 1000
+        in_flight: asyncio.Queue[tuple[Ticket, list[faust.types.EventT]]] = asyncio.Queue(
+            MAX_IN_FLIGHT_BATCHES
         )
-        async for batch in batches:
-            with metrics.BATCH_SECONDS.time():
-                result = await folder.process(batch)
-            metrics.BATCH_EVENTS.observe(len(batch))
-            for event in result.ackable:
-                await faust_stream.ack(event)
+        acker = asyncio.ensure_future(
+            _ack_when_delivered(app, faust_stream, in_flight, folder.store)
+        )
+        try:
+            batches = faust_stream.noack_take(
+                settings.batch_max, within=settings.batch_within_ms / 1000
+            )
+            async for batch in batches:
+                ticket = outputs.ticket()
+                with metrics.BATCH_SECONDS.time():
+                    result = folder.process(batch, ticket)
+                ticket.seal()
+                metrics.BATCH_EVENTS.observe(len(batch))
+                await in_flight.put((ticket, result.ackable))
+        finally:
+            acker.cancel()
+
+    async def close_outputs(*args: Any, **kwargs: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, outputs.close)
+
+    cast(Any, app.on_before_shutdown).connect(close_outputs)
 
     @app.page("/metrics")
     async def prometheus_metrics(web: View, request: Request) -> Response:
@@ -95,3 +116,24 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app
+
+
+async def _ack_when_delivered(
+    app: faust.App,
+    stream: faust.Stream,
+    in_flight: asyncio.Queue[tuple[Ticket, list[faust.types.EventT]]],
+    store: PositionStore,
+) -> None:
+    """Ack each batch's events, in order, once the broker has its records; a delivery failure
+    stops the worker with those events unacked (they are redelivered)."""
+    while True:
+        ticket, events = await in_flight.get()
+        try:
+            await ticket.done
+        except Exception as exc:
+            log.critical("output delivery failed, stopping without acking: %s", exc)
+            await app.crash(exc)
+            return
+        store.mark_changelog_applied(ticket.changelog_offsets)
+        for event in events:
+            await stream.ack(event)

@@ -1,22 +1,23 @@
 """Fold one batch of input events into the positions table and emit what changed.
 
-The commit order, for every batch (the agent acks the events in ``BatchResult.ackable`` only
-after :meth:`BatchFolder.process` returns, and Faust commits acked offsets only after flushing
-the producer):
+The commit order, for every batch:
 
 1. decode each event; what cannot be decoded or validated becomes a dead letter;
-2. fold the valid events, in arrival order, into their position (read once per key);
-3. write each touched position to the table once (changelog record + local store);
-4. produce one availability record per channel for each position whose version moved,
-   and the dead letters — every record handed straight to the Kafka client, so the producer
-   flush before the commit covers them all.
+2. read the positions the batch touches (one multi-get per partition) and fold the valid events,
+   in arrival order, each at the watermark of its arrival;
+3. write each touched position to the local store once (one write batch per partition), and
+   queue its changelog record;
+4. queue one availability record per channel for each position whose version moved, and the
+   dead letters;
+5. the agent acks the batch's events only when the broker has acknowledged every record queued
+   in 3-4 (:mod:`streams.delivery`); Faust commits acked offsets only.
 
 A batch fetched before a rebalance writes nothing for the keys whose events came from an older
 consumer generation: the partition's new owner processes them again from the committed offset.
 
 Redeliveries after a crash are recognised by offset: each stored position remembers the last
 offset of every input topic applied to it, so a replayed event is skipped exactly (and its
-position re-published, in case the crash hit between changelog and output).
+position re-written and re-published, in case the crash hit before the outputs were delivered).
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ from state.position import OpenPosition, Position, from_primitive, to_primitive
 from streams import metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter
-from streams.table_writes import write_through
+from streams.delivery import Outputs, Ticket
+from streams.position_store import PositionCache, PositionStore
 from streams.watermarks import PartitionClock
 
 log = logging.getLogger(__name__)
 
 Parser = Callable[[dict[str, Any]], StockEvent]
+
+CACHED_POSITIONS = 100_000  # open positions kept in memory between batches (LRU)
 
 
 @dataclass
@@ -58,7 +62,7 @@ class _Touched:
 @dataclass
 class BatchResult:
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome)
-    ackable: list[EventT] = field(default_factory=list)  # events whose effects are produced
+    ackable: list[EventT] = field(default_factory=list)  # events whose effects are queued
 
 
 class BatchFolder:
@@ -69,12 +73,16 @@ class BatchFolder:
         settings: Settings,
         codec: Codec,
         table: TableT,
+        outputs: Outputs,
         availability: dict[str, str],
         dead_letters: str,
     ) -> None:
         self.settings = settings
         self.codec = codec
         self.table = table
+        self.store = PositionStore(table)
+        self.cache = PositionCache(CACHED_POSITIONS)
+        self.outputs = outputs
         self.availability = availability
         self.dead_letters = dead_letters
         self.parsers: dict[str, Parser] = {
@@ -89,34 +97,68 @@ class BatchFolder:
         except Exception:  # not assigned (any more), or not fetched yet
             return None
 
-    async def process(self, events: Sequence[EventT]) -> BatchResult:
+    def process(self, events: Sequence[EventT], ticket: Ticket) -> BatchResult:
+        """Fold ``events`` and queue every record they cause on ``ticket`` (sealed by the
+        caller). Synchronous: nothing else runs on the event loop while a batch folds."""
         result = BatchResult()
+        outcomes = result.outcomes
         letters: list[DeadLetter] = []
-        touched: dict[bytes, _Touched] = {}
-        for event in events:  # one at a time: each is folded at the watermark of its arrival
+        valid: list[tuple[EventT, StockEvent, int]] = []  # with the watermark at its arrival
+        for event in events:
             stock_event = self._decode(event, letters)
             if stock_event is None:
-                outcome = "dead_lettered"
+                counted = (event.message.topic, "dead_lettered")
+                outcomes[counted] = outcomes.get(counted, 0) + 1
             else:
-                outcome = self._fold_one(event, stock_event, touched)
-            counted = (event.message.topic, outcome)
-            result.outcomes[counted] = result.outcomes.get(counted, 0) + 1
+                watermark = self.clock.watermark(event.message.partition)
+                valid.append((event, stock_event, watermark))
+        touched = self._load(valid)
+        lateness_ms = self.settings.lateness_ms
+        for event, stock_event, watermark in valid:
+            message = event.message
+            entry = touched[stock_event.key.encode()]
+            entry.event = event
+            if message.offset <= entry.offsets.get(message.topic, -1):
+                entry.redelivered = True
+                outcome = "redelivered"
+            else:
+                entry.offsets[message.topic] = message.offset
+                folded = entry.position.fold(
+                    stock_event, lateness_ms=lateness_ms, watermark=watermark
+                )
+                outcome = folded.value
+            counted = (message.topic, outcome)
+            outcomes[counted] = outcomes.get(counted, 0) + 1
+        self._write_and_publish(touched, ticket)
+        for letter in letters:
+            metrics.DEAD_LETTERS.labels(letter.reason).inc()
+            value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
+            self.outputs.produce(ticket, self.dead_letters, letter.source_topic.encode(), value)
+        result.ackable = [event for event in events if not self._revoked(event)]
+        for (topic, outcome), n in outcomes.items():
+            metrics.EVENTS.labels(topic, outcome).inc(n)
+        return result
+
+    def _write_and_publish(self, touched: dict[bytes, _Touched], ticket: Ticket) -> None:
+        changelog = self.outputs.changelog
+        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        changed: list[tuple[bytes, OpenPosition]] = []
         for key, entry in touched.items():
             if self._revoked(entry.event):
                 continue  # a rebalance happened: the partition's (new) owner redoes these events
             position = entry.position.close(lateness_ms=self.settings.lateness_ms)
             value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
-            await write_through(self.table, key, value, entry.event)
+            partition = entry.event.message.partition
+            writes.setdefault(partition, []).append((key, value))
+            self.cache.put(key, entry.position, entry.offsets)
             if position.version != entry.version_before or entry.redelivered:
-                await self._publish(key, position)
-        for letter in letters:
-            metrics.DEAD_LETTERS.labels(letter.reason).inc()
-            value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
-            await self._send(self.dead_letters, letter.source_topic.encode(), value)
-        result.ackable = [event for event in events if not self._revoked(event)]
-        for (topic, outcome), n in result.outcomes.items():
-            metrics.EVENTS.labels(topic, outcome).inc(n)
-        return result
+                changed.append((key, entry.position))
+        for partition, items in writes.items():
+            self.store.put_many(partition, items)  # local store first: see mark_changelog_applied
+            for key, value in items:
+                self.outputs.produce(ticket, changelog, key, value, partition)
+        for key, open_position in changed:
+            self._publish(key, open_position, ticket)
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
         """The event as the domain sees it, or None after adding its dead letter."""
@@ -145,50 +187,47 @@ class BatchFolder:
             )
         return stock_event
 
-    def _fold_one(
-        self, event: EventT, stock_event: StockEvent, touched: dict[bytes, _Touched]
-    ) -> str:
-        message = event.message
-        key = stock_event.key.encode()
-        entry = touched.get(key)
-        if entry is None:
-            entry = self._load(key, event)
-            touched[key] = entry
-        entry.event = event
-        if message.offset <= entry.offsets.get(message.topic, -1):
-            entry.redelivered = True
-            return "redelivered"
-        entry.offsets[message.topic] = message.offset
-        outcome = entry.position.fold(
-            stock_event,
-            lateness_ms=self.settings.lateness_ms,
-            watermark=self.clock.watermark(message.partition),
-        )
-        return outcome.value
-
     def _revoked(self, event: EventT) -> bool:
         """True when a rebalance happened since ``event`` was fetched: writing its position now
         could overwrite what the partition's new owner already wrote (a zombie write)."""
         return bool(event.message.generation_id != self.table.app.consumer_generation_id)
 
-    def _load(self, key: bytes, event: EventT) -> _Touched:
-        stored = self.table.get(key)
-        if stored is None:
-            position, offsets = Position(), {}
-        else:
-            data = orjson.loads(stored)
-            position, offsets = from_primitive(data["p"]), data["o"]
-        return _Touched(OpenPosition(position), offsets, event, position.version)
+    def _load(self, valid: list[tuple[EventT, StockEvent, int]]) -> dict[bytes, _Touched]:
+        """The positions of every key in the batch: from the cache, else from the store (one
+        multi-get per partition)."""
+        first: dict[bytes, EventT] = {}
+        for event, stock_event, _ in valid:
+            first.setdefault(stock_event.key.encode(), event)
+        self.cache.for_generation(self.table.app.consumer_generation_id)
+        touched: dict[bytes, _Touched] = {}
+        by_partition: dict[int, list[bytes]] = {}
+        for key, event in first.items():
+            cached = self.cache.take(key)
+            if cached is not None:
+                open_position, offsets = cached
+                touched[key] = _Touched(open_position, offsets, event, open_position.version)
+            else:
+                by_partition.setdefault(event.message.partition, []).append(key)
+        for partition, keys in by_partition.items():
+            if self._revoked(first[keys[0]]):
+                stored: list[bytes | None] = [None] * len(keys)  # not ours: never written
+            else:
+                stored = self.store.get_many(partition, keys)
+            for key, value in zip(keys, stored, strict=True):
+                if value is None:
+                    position, offsets = Position(), {}
+                else:
+                    data = orjson.loads(value)
+                    position, offsets = from_primitive(data["p"]), data["o"]
+                touched[key] = _Touched(
+                    OpenPosition(position), offsets, first[key], position.version
+                )
+        return touched
 
-    async def _publish(self, key: bytes, position: Position) -> None:
+    def _publish(self, key: bytes, position: OpenPosition, ticket: Ticket) -> None:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
         for channel, topic in self.availability.items():
             record = project(channel, sku, location, ledger).to_record()
             value = self.codec.encode(topics.availability(channel), record)
-            await self._send(topic, key, value)
-
-    async def _send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Hand a record to the Kafka producer (partitioned by key, murmur2); it is flushed
-        before the offsets of this batch are committed."""
-        await self.table.app.producer.send(topic, key, value, None, None, None)
+            self.outputs.produce(ticket, topic, key, value)
