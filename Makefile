@@ -7,12 +7,16 @@ INVSYNC := $(BIN)/invsync
 BENCH_EVENTS ?= 1000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help prereqs install stack-up stack-down topics run test unit integration lint bench clean
+.PHONY: help prereqs install helm stack-up stack-down topics run test unit integration lint \
+	ops-check deploy-check dashboard bench clean
 
 help:
 	@echo "make run    - install what is missing, start the stack, worker and simulator (Ctrl-C stops all)"
 	@echo "make test   - install what is missing, start the stack, run unit + integration tests, stop it"
 	@echo "make lint   - ruff + mypy"
+	@echo "make ops-check    - alerts (promtool), dashboard JSON, PromQL, panels on a real Prometheus"
+	@echo "make deploy-check - helm lint/template + Kubernetes schemas, compose file vs. settings"
+	@echo "make dashboard    - regenerate ops/grafana/invsync.json"
 	@echo "make bench  - throughput and latency vs. a raw consumer baseline (BENCH_EVENTS=$(BENCH_EVENTS))"
 
 prereqs:
@@ -26,6 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 install: prereqs $(VENV)/.installed
+
+helm:
+	@ops/install-helm.sh
 
 stack-up: install
 	$(INVSYNC) stack up
@@ -42,6 +49,16 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy ops/grafana/dashboard.py ops/dashboard_live.py
+
+ops-check: install
+	@ops/check_ops.sh
+
+deploy-check: install helm
+	@ops/check_deploy.sh
+
+dashboard: install
+	$(BIN)/python -m ops.grafana.dashboard
 
 unit: install
 	$(BIN)/pytest -q tests/unit
@@ -50,7 +67,7 @@ integration: stack-up
 	$(BIN)/pytest -q -m integration tests/integration
 
 # Stops the stack whatever the outcome; exits non-zero if lint or any test failed.
-test: install
+test: install helm
 	@set -o pipefail; status=0; \
 	$(MAKE) --no-print-directory lint || status=1; \
 	$(INVSYNC) stack up && $(BIN)/pytest -q tests || status=1; \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the system packages invsync's local stack needs, if any is missing:
-# a JDK (Kafka, Apicurio), Maven (fetches their jars), redis-server, Python 3.11+ with venv.
+# Install the system packages invsync's local stack and checks need, if any is missing:
+# a JDK (Kafka, Apicurio), Maven (fetches their jars), redis-server, Python 3.11+ with venv,
+# Prometheus + promtool (alert rules, dashboard queries), Go (builds helm from the Go proxy).
 # Idempotent: does nothing when everything is there. Needs root (or sudo) only to install.
 set -euo pipefail
 
@@ -11,9 +12,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ! command -v python3.11 >/dev/null 2>&1 && ! command -v python3.12 >/dev/null 2>&1; then
   missing+=(python3 python3-venv)
 fi
-if [ "${INVSYNC_WITH_PROMETHEUS:-0}" = 1 ]; then
-  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-fi
+{ command -v promtool >/dev/null 2>&1 && [ -x /usr/bin/prometheus ]; } || missing+=(prometheus)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
