@@ -39,7 +39,7 @@ def _aiokafka_c_extension() -> bool:
 def preflight(settings: Settings) -> Codec:
     wait_for_cluster(settings)
     check_topics(settings)
-    codec = Codec(settings)
+    codec = Codec(settings, millis_timestamps=True)
     outputs = [topics.availability(c) for c in settings.channels] + [topics.DEAD_LETTERS]
     codec.register_all(outputs)
     missing = [name for name, ok in fast_paths().items() if not ok]

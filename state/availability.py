@@ -8,15 +8,13 @@ full; ``status`` is ``out`` at 0, ``low`` at or below ``low_threshold``. Confide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from state.position import Ledger
 
 
-@dataclass(frozen=True, slots=True)
-class Availability:
-    """One availability record: the value published to ``availability.<channel>``."""
+class Availability(NamedTuple):
+    """One availability record: the value published to ``availability.<channel>`` (immutable)."""
 
     channel: str
     sku: str
@@ -34,10 +32,7 @@ class Availability:
     late_events: int
 
     def to_record(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _FIELDS}
-
-
-_FIELDS = tuple(f.name for f in fields(Availability))
+        return self._asdict()
 
 
 def project(

@@ -55,7 +55,7 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         web_in_thread=False,
         table_standby_replicas=0,
     )
-    codec = codec or Codec(settings)
+    codec = codec or Codec(settings, millis_timestamps=True)
 
     def raw_topic(*names: str) -> faust.TopicT:
         return app.topic(
