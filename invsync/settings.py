@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = Field(
         "rocksdb", description="table store: rocksdb (durable, local) or memory (tests)"
     )
+    standby_replicas: int = Field(
+        0, ge=0, le=10, description="warm copies of each table partition kept by other workers"
+    )
     web_port: int = Field(6066, ge=1, le=65535, description="worker HTTP port (metrics, health)")
     batch_max: int = Field(2000, ge=1, le=100_000, description="max events folded per batch")
     batch_within_ms: int = Field(50, ge=1, le=60_000, description="max wait to fill a batch")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 
 import faust
@@ -19,7 +20,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from invsync.settings import Settings
-from streams import metrics, topics
+from streams import health, metrics, topics
 from streams.codec import Codec
 from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
@@ -53,7 +54,7 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         web_port=settings.web_port,
         web_bind="0.0.0.0",
         web_in_thread=False,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
     )
     codec = codec or Codec(settings, millis_timestamps=True)
 
@@ -78,6 +79,8 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     )
     outputs = Outputs(settings, table.changelog_topic.get_topic_name())
     folder = BatchFolder(settings, codec, table, outputs, availability, dead_letters)
+    progress = health.Progress(set(folder.parsers))
+    health.install(app, progress, folder.store, POSITIONS_TABLE)
 
     @app.agent(inputs, name="fold")
     async def fold_agent(stream: faust.StreamT) -> None:
@@ -89,7 +92,7 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
             MAX_IN_FLIGHT_BATCHES
         )
         acker = asyncio.ensure_future(
-            _ack_when_delivered(app, faust_stream, in_flight, folder.store)
+            _ack_when_delivered(app, faust_stream, in_flight, folder.store, progress)
         )
         try:
             batches = faust_stream.noack_take(
@@ -123,6 +126,7 @@ async def _ack_when_delivered(
     stream: faust.Stream,
     in_flight: asyncio.Queue[tuple[Ticket, list[faust.types.EventT]]],
     store: PositionStore,
+    progress: health.Progress,
 ) -> None:
     """Ack each batch's events, in order, once the broker has its records; a delivery failure
     stops the worker with those events unacked (they are redelivered)."""
@@ -135,5 +139,10 @@ async def _ack_when_delivered(
             await app.crash(exc)
             return
         store.mark_changelog_applied(ticket.changelog_offsets)
+        now = time.time()
+        for published_at in ticket.published_at:
+            metrics.EVENT_TO_PUBLISH.observe(now - published_at)
         for event in events:
             await stream.ack(event)
+            message = event.message
+            progress.on_acked(message.tp, message.offset, message.timestamp)

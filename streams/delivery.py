@@ -25,9 +25,13 @@ import logging
 import threading
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from invsync.settings import Settings
+from streams import metrics
+
+SINK = "kafka"  # the label of this sink in invsync_sink_* metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class Ticket:
     """
 
     __slots__ = ("_loop", "_sealed", "changelog", "changelog_offsets", "delivered", "done", "error",
-                 "sent")  # fmt: skip
+                 "published_at", "sent")  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, changelog: str) -> None:
         self._loop = loop
@@ -51,11 +55,13 @@ class Ticket:
         self.delivered = 0  # written by the delivery thread only
         self.error: KafkaError | None = None
         self.done: asyncio.Future[None] = loop.create_future()
+        self.published_at: list[float] = []  # input timestamps (s) of the records published
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """librdkafka's delivery report (delivery thread)."""
         if err is not None:
             self.error = self.error or err
+            metrics.SINK_FAILURES.labels(SINK).inc()
         elif msg.topic() == self.changelog:
             partition, offset = msg.partition() or 0, msg.offset() or 0
             if offset > self.changelog_offsets.get(partition, -1):
@@ -84,7 +90,11 @@ class Outputs:
 
     def __init__(self, settings: Settings, changelog: str) -> None:
         self.changelog = changelog
-        self.producer = Producer(producer_config(settings))
+        self.producer = Producer(producer_config(settings) | {"stats_cb": self._on_stats})
+        self._retries_seen = 0
+        metrics.SINK_IN_FLIGHT.labels(SINK).set_function(lambda: len(self.producer))
+        metrics.SINK_RETRIES.labels(SINK)
+        metrics.SINK_FAILURES.labels(SINK)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="invsync-delivery", daemon=True)
         self._thread.start()
@@ -99,6 +109,14 @@ class Outputs:
         as Kafka's Java clients and Faust do)."""
         self.producer.produce(topic, value, key, partition, on_delivery=ticket.on_delivery)
         ticket.sent += 1
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics (delivery thread): retries are counted there, not by us."""
+        brokers = orjson.loads(stats_json).get("brokers", {}).values()
+        retries = sum(int(broker.get("txretries", 0)) for broker in brokers)
+        if retries > self._retries_seen:
+            metrics.SINK_RETRIES.labels(SINK).inc(retries - self._retries_seen)
+            self._retries_seen = retries
 
     def _serve(self) -> None:
         while not self._stopping.is_set():
@@ -128,4 +146,5 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "compression.type": "none",  # Faust (aiokafka) restores the changelog: no codec deps
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
+        "statistics.interval.ms": 15_000,
     }

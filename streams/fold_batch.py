@@ -23,6 +23,7 @@ position re-written and re-published, in case the crash hit before the outputs w
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,14 +136,16 @@ class BatchFolder:
             value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
             self.outputs.produce(ticket, self.dead_letters, letter.source_topic.encode(), value)
         result.ackable = [event for event in events if not self._revoked(event)]
+        now = time.time()
         for (topic, outcome), n in outcomes.items():
             metrics.EVENTS.labels(topic, outcome).inc(n)
+            metrics.SOURCE_LAST_EVENT.labels(topic).set(now)
         return result
 
     def _write_and_publish(self, touched: dict[bytes, _Touched], ticket: Ticket) -> None:
         changelog = self.outputs.changelog
         writes: dict[int, list[tuple[bytes, bytes]]] = {}
-        changed: list[tuple[bytes, OpenPosition]] = []
+        changed: list[tuple[bytes, _Touched]] = []
         for key, entry in touched.items():
             if self._revoked(entry.event):
                 continue  # a rebalance happened: the partition's (new) owner redoes these events
@@ -152,13 +155,14 @@ class BatchFolder:
             writes.setdefault(partition, []).append((key, value))
             self.cache.put(key, entry.position, entry.offsets)
             if position.version != entry.version_before or entry.redelivered:
-                changed.append((key, entry.position))
+                changed.append((key, entry))
         for partition, items in writes.items():
             self.store.put_many(partition, items)  # local store first: see mark_changelog_applied
             for key, value in items:
                 self.outputs.produce(ticket, changelog, key, value, partition)
-        for key, open_position in changed:
-            self._publish(key, open_position, ticket)
+        for key, entry in changed:
+            self._publish(key, entry.position, ticket)
+            ticket.published_at.append(entry.event.message.timestamp)
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
         """The event as the domain sees it, or None after adding its dead letter."""

@@ -5,7 +5,7 @@ Labels are bounded: topic names, outcomes and reasons, never a sku or location.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "invsync_input_events_total",
@@ -25,3 +25,33 @@ BATCH_EVENTS = Histogram(
     "Events per folded batch.",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
 )
+LAG_MESSAGES = Gauge(
+    "invsync_consumer_lag_messages",
+    "Input records not yet processed: the partition's end offset minus the next offset to fold.",
+    ["topic", "partition"],
+)
+LAG_SECONDS = Gauge(
+    "invsync_consumer_lag_seconds",
+    "How far processing trails the input: now minus the broker timestamp of the last processed "
+    "record while records wait, else 0.",
+    ["topic", "partition"],
+)
+EVENT_TO_PUBLISH = Histogram(
+    "invsync_event_to_publish_seconds",
+    "Input record timestamp to its availability record acknowledged by the broker (per record "
+    "published, from the newest input it reflects).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SOURCE_LAST_EVENT = Gauge(
+    "invsync_source_last_event_timestamp_seconds",
+    "Wall-clock time (unix seconds) this worker last received an event from the topic.",
+    ["topic"],
+)
+REBALANCES = Counter("invsync_rebalances_total", "Partition assignments this worker received.")
+ASSIGNED_PARTITIONS = Gauge("invsync_assigned_partitions", "Partitions assigned to this worker.")
+SINK_RETRIES = Counter("invsync_sink_retries_total", "Retried deliveries, by sink.", ["sink"])
+SINK_FAILURES = Counter("invsync_sink_failures_total", "Failed deliveries, by sink.", ["sink"])
+SINK_IN_FLIGHT = Gauge(
+    "invsync_sink_in_flight", "Records handed to a sink, not yet acknowledged.", ["sink"]
+)
+TABLE_KEYS = Gauge("invsync_table_keys", "Keys in a table's local store (estimate).", ["table"])

@@ -58,6 +58,18 @@ class PositionStore:
         else:
             raise TypeError(f"unsupported table store {type(store).__name__}")
 
+    def approximate_keys(self) -> int | None:
+        """Keys in the assigned partitions' stores (RocksDB's estimate), or None if unknown."""
+        store = self._store
+        if isinstance(store, rocksdb.Store):
+            return sum(
+                db.property_int_value("rocksdb.estimate-num-keys") or 0
+                for db in list(store._dbs.values())
+            )
+        if isinstance(store, memory.Store):
+            return len(store.data)
+        return None
+
     def mark_changelog_applied(self, offsets: dict[int, int]) -> None:
         """Remember, per partition, the changelog offset the local store contains up to, so that
         recovery after a restart replays only the changelog past it (RocksDB; no-op in memory)."""
