@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from invsync.settings import Settings
 from streams import health, metrics, topics
 from streams.codec import Codec
+from streams.consumer import PromptConsumer
 from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
 from streams.position_store import PositionStore
@@ -56,6 +57,7 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         web_in_thread=False,
         table_standby_replicas=settings.standby_replicas,
     )
+    app.transport.Consumer = PromptConsumer  # type: ignore[misc]  # see streams/consumer.py
     codec = codec or Codec(settings, millis_timestamps=True)
 
     def raw_topic(*names: str) -> faust.TopicT:
