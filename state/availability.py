@@ -1,16 +1,22 @@
-"""What a channel is offered of one position.
+"""What a channel is offered of one position, with the confidence that explains it.
 
-For now every channel uses the default policy: ATP = on hand - reserved, floored at 0, offered in
-full; ``status`` is ``out`` at 0, ``low`` at or below ``low_threshold``. Confidence is reported as
-1.0 until the confidence model is in place (see the README's roadmap); the explanation terms
-(last count, units moved since) are already real.
+Every channel uses the default policy until channel policies exist (the channels & sinks issue):
+ATP = on hand - reserved, floored at 0; offered = the largest quantity whose confidence meets the
+channel's minimum (``DEFAULT_MIN_CONFIDENCE``, 0: offer all of ATP and report how sure we are);
+``status`` is ``out`` at 0 offered, ``low`` at or below ``low_threshold``. The confidence comes
+from :mod:`state.confidence` with the location type's prior accuracy (learning it from count
+discrepancies per location is the next step). Time is the position's stream time, never the
+wall clock, so a replay publishes the same values.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from state.confidence import DAY_MS, PRIORS, assess
 from state.position import Ledger
+
+DEFAULT_MIN_CONFIDENCE = 0.0
 
 
 class Availability(NamedTuple):
@@ -30,17 +36,64 @@ class Availability(NamedTuple):
     last_count_at: int | None
     units_moved_since_count: int
     late_events: int
+    location_type: str
+    last_count_age_ms: int | None
+    since_last_sale_ms: int | None
+    velocity_per_day: float
+    loss_rate: float
+    expected_on_hand: float
+    variance: float
+    phantom_probability: float
+    frozen: bool
 
     def to_record(self) -> dict[str, Any]:
         return self._asdict()
 
 
+def location_type(location: str) -> str:
+    """``dc`` for distribution centres (ids starting with "DC"), else ``store``."""
+    return "dc" if location[:2].upper() == "DC" else "store"
+
+
+def velocity_per_day(ledger: Ledger) -> float:
+    """Net units sold per day over the selling period seen (at least one day): the item's
+    normal demand, not the demand during a silence (which is zero by construction)."""
+    if ledger.first_sale_at is None or ledger.last_sale_at is None or ledger.units_sold <= 0:
+        return 0.0
+    days = max(1.0, (ledger.last_sale_at - ledger.first_sale_at) / DAY_MS)
+    return ledger.units_sold / days
+
+
 def project(
-    channel: str, sku: str, location: str, ledger: Ledger, *, low_threshold: int = 2
+    channel: str,
+    sku: str,
+    location: str,
+    ledger: Ledger,
+    *,
+    stream_time: int,
+    reserved: int = 0,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    low_threshold: int = 2,
 ) -> Availability:
-    reserved = 0
+    now = max(stream_time, ledger.as_of)
+    kind = location_type(location)
+    count_age = None if ledger.last_count_at is None else max(0, now - ledger.last_count_at)
+    sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]
+    silence = max(0, now - max(sightings)) if sightings else None
+    velocity = velocity_per_day(ledger)
+    assessment = assess(
+        ledger.on_hand,
+        reserved,
+        units_moved_since_count=ledger.moved_since_count,
+        last_count_age_ms=count_age,
+        since_last_sale_ms=silence,
+        velocity_per_day=velocity,
+        accuracy=PRIORS[kind],
+    )
     atp = max(0, ledger.on_hand - reserved)
-    status = "out" if atp == 0 else "low" if atp <= low_threshold else "in"
+    offered = min(atp, assessment.offerable(min_confidence))
+    status = "out" if offered == 0 else "low" if offered <= low_threshold else "in"
+    explanation = assessment.explanation
     return Availability(
         channel=channel,
         sku=sku,
@@ -48,12 +101,21 @@ def project(
         on_hand=ledger.on_hand,
         reserved=reserved,
         atp=atp,
-        offered=atp,
+        offered=offered,
         status=status,
-        confidence=1.0,
+        confidence=assessment.confidence(offered),
         version=ledger.applied,
         as_of=max(ledger.as_of, 0),  # 0 for a position that has seen no event
         last_count_at=ledger.last_count_at,
         units_moved_since_count=ledger.moved_since_count,
         late_events=ledger.late,
+        location_type=kind,
+        last_count_age_ms=count_age,
+        since_last_sale_ms=silence,
+        velocity_per_day=velocity,
+        loss_rate=explanation.loss_rate,
+        expected_on_hand=explanation.mean,
+        variance=explanation.variance,
+        phantom_probability=explanation.phantom_probability,
+        frozen=explanation.frozen,
     )

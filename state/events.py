@@ -15,7 +15,23 @@ KEY_SEPARATOR = "|"
 
 class Kind(StrEnum):
     SALE = "sale"  # POS: on hand decreases by the units sold (a return is negative)
+    MOVEMENT = "movement"  # WMS: signed change of on hand; ``ref`` is the movement type
     COUNT = "count"  # cycle count: on hand as of counted_at is the counted quantity
+
+
+# WMS movement type -> sign of its effect on on hand (ADJUSTMENT carries its own sign).
+# DAMAGE and QUARANTINE take units out of sellable on hand. Transfers change the on hand of the
+# location they are reported at; units in transit between the two are not tracked yet.
+MOVEMENT_SIGNS = {
+    "RECEIPT": 1,
+    "TRANSFER_IN": 1,
+    "PICK": -1,
+    "SHIP": -1,
+    "TRANSFER_OUT": -1,
+    "DAMAGE": -1,
+    "QUARANTINE": -1,
+    "ADJUSTMENT": 1,
+}
 
 
 class InvalidEvent(ValueError):
@@ -96,6 +112,30 @@ def sale_from_record(record: dict[str, Any]) -> StockEvent:
         kind=Kind.SALE,
         effective_at=_millis(record.get("occurred_at"), "occurred_at"),
         quantity=-quantity,
+    )
+
+
+def movement_from_record(record: dict[str, Any]) -> StockEvent:
+    """A WMS movement. Units are > 0 except for ADJUSTMENT, which is signed and non-zero; an
+    unknown movement type is invalid (dead-lettered), not guessed."""
+    movement_type = record.get("movement_type")
+    sign = MOVEMENT_SIGNS.get(movement_type) if isinstance(movement_type, str) else None
+    if sign is None or not isinstance(movement_type, str):
+        raise InvalidEvent("unknown_movement_type", f"movement_type {movement_type!r}")
+    quantity = record.get("quantity")
+    signed_type = movement_type == "ADJUSTMENT"
+    if not isinstance(quantity, int) or quantity == 0 or (quantity < 0 and not signed_type):
+        raise InvalidEvent(
+            "invalid_quantity", f"{movement_type} quantity must be a positive int: {quantity!r}"
+        )
+    if movement_type.startswith("TRANSFER_") and not record.get("transfer_id"):
+        raise InvalidEvent("invalid_field", f"{movement_type} without transfer_id")
+    return StockEvent(
+        **_common(record),
+        kind=Kind.MOVEMENT,
+        effective_at=_millis(record.get("occurred_at"), "occurred_at"),
+        quantity=sign * quantity,
+        ref=movement_type,
     )
 
 

@@ -49,6 +49,9 @@ class Ledger(NamedTuple):
     applied: int = 0  # distinct events accounted for; the position's version
     late: int = 0  # of which applied after the lateness bound
     as_of: int = NEVER  # newest effective_at accounted for
+    units_sold: int = 0  # net units sold (POS), for the item's normal demand velocity
+    first_sale_at: int | None = None
+    last_sale_at: int | None = None
 
 
 def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
@@ -58,6 +61,13 @@ def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
         ledger.moved_since_count, ledger.applied + 1, ledger.late + late,
         max(ledger.as_of, event.effective_at),
     )  # fmt: skip
+    sold, first_sale, last_sale = ledger.units_sold, ledger.first_sale_at, ledger.last_sale_at
+    if event.kind is Kind.SALE:
+        at = event.effective_at
+        sold -= event.quantity
+        first_sale = at if first_sale is None else min(first_sale, at)
+        if event.quantity < 0:  # a return is not evidence that the item is on the shelf
+            last_sale = at if last_sale is None else max(last_sale, at)
     superseded = count_at is not None and event.effective_at < count_at
     if event.kind is Kind.COUNT:
         if not superseded:  # an older count than the one held is history, not news
@@ -68,7 +78,8 @@ def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
     else:
         on_hand += event.quantity
         moved += abs(event.quantity)
-    return Ledger(on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of)
+    return Ledger(on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of, sold,
+                  first_sale, last_sale)  # fmt: skip
 
 
 EMPTY_LEDGER = Ledger()
@@ -203,7 +214,7 @@ def fold(
 
 # --- persistence: a compact, JSON-friendly form (the table's value) -----------------------
 
-_FORMAT = 1
+_FORMAT = 2  # 2: the ledger carries sales history (units_sold, first/last sale)
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -222,7 +233,7 @@ def to_primitive(position: Position) -> list[Any]:
 
 def from_primitive(data: list[Any]) -> Position:
     fmt, s, horizon, stream_time, pending, ids = data
-    if fmt != _FORMAT:
+    if fmt not in (1, _FORMAT):  # 1: written before sales history; its ledger lacks 3 fields
         raise ValueError(f"unknown position format {fmt}")
     kinds = _KINDS
     return Position(

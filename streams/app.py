@@ -70,8 +70,9 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         )
 
     inputs = raw_topic(
-        topics.POS_SALES.full_name(settings), topics.CYCLE_COUNTS.full_name(settings)
-    )
+        *(spec.full_name(settings) for spec in (topics.POS_SALES, topics.WMS_MOVEMENTS,
+                                                topics.CYCLE_COUNTS))
+    )  # fmt: skip
     availability = {
         channel: topics.availability(channel).full_name(settings) for channel in settings.channels
     }

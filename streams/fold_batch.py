@@ -33,7 +33,13 @@ from faust.types import TP, EventT, TableT
 
 from invsync.settings import Settings
 from state.availability import project
-from state.events import InvalidEvent, StockEvent, count_from_record, sale_from_record
+from state.events import (
+    InvalidEvent,
+    StockEvent,
+    count_from_record,
+    movement_from_record,
+    sale_from_record,
+)
 from state.position import OpenPosition, Position, from_primitive, to_primitive
 from streams import metrics, topics
 from streams.codec import Codec, DecodeError
@@ -88,6 +94,7 @@ class BatchFolder:
         self.dead_letters = dead_letters
         self.parsers: dict[str, Parser] = {
             topics.POS_SALES.full_name(settings): sale_from_record,
+            topics.WMS_MOVEMENTS.full_name(settings): movement_from_record,
             topics.CYCLE_COUNTS.full_name(settings): count_from_record,
         }
         self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
@@ -232,6 +239,8 @@ class BatchFolder:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
         for channel, topic in self.availability.items():
-            record = project(channel, sku, location, ledger).to_record()
+            record = project(
+                channel, sku, location, ledger, stream_time=position.stream_time
+            ).to_record()
             value = self.codec.encode(topics.availability(channel), record)
             self.outputs.produce(ticket, topic, key, value)

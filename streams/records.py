@@ -1,6 +1,6 @@
 """Build input records (the Avro value dicts of ``schemas/avro``) for producers of test data.
 
-The simulator, the benchmark and the tests produce the same two record types; this is the one
+The simulator, the benchmark and the tests produce the same record types; this is the one
 place that knows their fields. Timestamps are UTC millis.
 """
 
@@ -25,3 +25,13 @@ def cycle_count(
     return {"event_id": event_id, "source": source, "sku": sku, "location": location,
             "occurred_at": reported_at, "count_id": count_id, "counted_at": counted_at,
             "counted_quantity": counted}  # fmt: skip
+
+
+def wms_movement(
+    event_id: str, source: str, sku: str, location: str, occurred_at: int, movement_type: str,
+    quantity: int, transfer_id: str | None = None, counterpart_location: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    return {"event_id": event_id, "source": source, "sku": sku, "location": location,
+            "occurred_at": occurred_at, "movement_type": movement_type, "quantity": quantity,
+            "transfer_id": transfer_id,
+            "counterpart_location": counterpart_location}  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from state.events import StockEvent, count_from_record, sale_from_record
+from state.events import StockEvent, count_from_record, movement_from_record, sale_from_record
 from streams import records, topics
 from tests.integration.conftest import Deployment
 from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all
@@ -40,16 +40,36 @@ def count(i: int, sku: str, loc: str, at: int, qty: int) -> Item:
     return topics.CYCLE_COUNTS, topics.make_key(sku, loc), value
 
 
+def movement(i: int, sku: str, loc: str, at: int, kind: str, qty: int) -> Item:
+    transfer = f"t{i}" if kind.startswith("TRANSFER_") else None
+    value = records.wms_movement(f"m{i}", "wms-1", sku, loc, at, kind, qty, transfer_id=transfer)
+    return topics.WMS_MOVEMENTS, topics.make_key(sku, loc), value
+
+
 def workload(seed: int, n: int, start: int = T0, duplicates: float = 0.05) -> list[Item]:
-    """Sales and counts over 30 keys, shuffled within a few minutes, with re-sent duplicates."""
+    """Sales, WMS movements and counts over 30 keys, shuffled within a few minutes, with re-sent
+    duplicates."""
     rnd = random.Random(seed)
     keys = [(f"SKU{k % 10}", f"S{k // 10}") for k in range(30)]
     items: list[Item] = []
     for i in range(n):
         sku, loc = rnd.choice(keys)
         at = start + i * 1000
-        if rnd.random() < 0.1:
+        roll = rnd.random()
+        if roll < 0.1:
             items.append(count(seed * 10**6 + i, sku, loc, at, rnd.randint(0, 40)))
+        elif roll < 0.2:
+            kind, qty = rnd.choice(
+                [
+                    ("RECEIPT", 12),
+                    ("PICK", 2),
+                    ("TRANSFER_OUT", 3),
+                    ("TRANSFER_IN", 4),
+                    ("DAMAGE", 1),
+                    ("ADJUSTMENT", -2),
+                ]
+            )
+            items.append(movement(seed * 10**6 + i, sku, loc, at, kind, qty))
         else:
             items.append(sale(seed * 10**6 + i, sku, loc, at, rnd.choice([1, 1, 2, 3, -1])))
     # out of order by at most ~2 minutes of event time (the lateness bound is 10)
@@ -66,7 +86,11 @@ def as_events(items: list[Item]) -> list[StockEvent]:
     events = []
     for spec, _key, value in items:
         assert isinstance(value, dict)
-        parse = sale_from_record if spec is topics.POS_SALES else count_from_record
+        parse = {
+            topics.POS_SALES.name: sale_from_record,
+            topics.WMS_MOVEMENTS.name: movement_from_record,
+            topics.CYCLE_COUNTS.name: count_from_record,
+        }[spec.name]
         events.append(parse(value))
     return events
 

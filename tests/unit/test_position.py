@@ -39,16 +39,22 @@ def fold_all(events, lateness=BIG_LATENESS, position=None):
     return position, outcomes
 
 
+def movement(eid: str, at: int, units: int, source: str = "wms") -> StockEvent:
+    return StockEvent(source, eid, "sku1", "store1", Kind.MOVEMENT, at, units, ref="ADJUSTMENT")
+
+
 def _event(i: int, kind: str, at: int, qty: int) -> StockEvent:
     if kind == "count":
         return count(f"c{i}", at, qty)
+    if kind == "movement":
+        return movement(f"m{i}", at, qty - 3 or 4)
     return sale(f"s{i}", at, qty - 5 or 1)
 
 
 # distinct events (ids from the list index): a redelivery repeats an event, it never changes it
 events_strategy = st.lists(
     st.tuples(
-        st.sampled_from(["sale", "sale", "sale", "count"]),
+        st.sampled_from(["sale", "sale", "sale", "movement", "count"]),
         st.integers(0, 20).map(lambda m: m * 60_000),
         st.integers(0, 10),
     ),
@@ -126,14 +132,15 @@ def test_an_empty_position_has_no_time():
 
 @settings(max_examples=200, deadline=None)
 @given(events_strategy, st.randoms(use_true_random=False))
-def test_two_streams_consumed_at_different_speeds_give_the_reference(events, rnd):
-    """Sales and counts come from two topics; one may be consumed far ahead of the other.
-    With the watermark = min over streams that still have data, nothing becomes late."""
+def test_streams_consumed_at_different_speeds_give_the_reference(events, rnd):
+    """Sales, movements and counts come from three topics; one may be consumed far ahead of
+    another. With the watermark = min over streams that still have data, nothing becomes late."""
     lateness = 60_000
-    sales = sorted((e for e in events if e.kind is Kind.SALE), key=lambda e: e.effective_at)
-    counts = sorted((e for e in events if e.kind is Kind.COUNT), key=lambda e: e.effective_at)
-    streams = {"sales": sales, "counts": counts}
-    newest = {"sales": NEVER, "counts": NEVER}
+    streams = {
+        kind: sorted((e for e in events if e.kind is kind), key=lambda e: e.effective_at)
+        for kind in Kind
+    }
+    newest = dict.fromkeys(Kind, NEVER)
     position, outcomes = Position(), []
     while any(streams.values()):
         name = rnd.choice([n for n, s in streams.items() if s])
@@ -145,3 +152,9 @@ def test_two_streams_consumed_at_different_speeds_give_the_reference(events, rnd
         outcomes.append(outcome)
     assert Outcome.LATE not in outcomes
     assert position.view().on_hand == reference_on_hand(events)
+
+
+def test_sales_history_is_kept_for_velocity_and_a_return_is_not_a_sighting():
+    position, _ = fold_all([sale("a", 1_000, 2), sale("b", 5_000, 1), sale("r", 9_000, -1)])
+    view = position.view()
+    assert (view.units_sold, view.first_sale_at, view.last_sale_at) == (2, 1_000, 5_000)
