@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         description="event time a quiet input topic may trail the newest before it stops "
         "holding back the watermark",
     )
+    reservation_idle_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="after this long without reservation events on a partition, its stream "
+        "time advances with the wall clock so holds still expire",
+    )
     startup_timeout_s: float = Field(
         60.0, gt=0, description="give up (exit non-zero) if Kafka/registry stay unreachable"
     )

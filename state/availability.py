@@ -71,11 +71,11 @@ def project(
     ledger: Ledger,
     *,
     stream_time: int,
-    reserved: int = 0,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     low_threshold: int = 2,
 ) -> Availability:
     now = max(stream_time, ledger.as_of)
+    reserved = ledger.reserved
     kind = location_type(location)
     count_age = None if ledger.last_count_at is None else max(0, now - ledger.last_count_at)
     sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]

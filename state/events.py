@@ -16,6 +16,7 @@ KEY_SEPARATOR = "|"
 class Kind(StrEnum):
     SALE = "sale"  # POS: on hand decreases by the units sold (a return is negative)
     MOVEMENT = "movement"  # WMS: signed change of on hand; ``ref`` is the movement type
+    RESERVE = "reserve"  # a hold opened (+) or ended (-): changes reserved, not on hand
     COUNT = "count"  # cycle count: on hand as of counted_at is the counted quantity
 
 
@@ -136,6 +137,27 @@ def movement_from_record(record: dict[str, Any]) -> StockEvent:
         effective_at=_millis(record.get("occurred_at"), "occurred_at"),
         quantity=sign * quantity,
         ref=movement_type,
+    )
+
+
+RESERVATIONS_SOURCE = "reservations"
+
+
+def reserved_delta_from_record(record: dict[str, Any]) -> StockEvent:
+    """A reserved delta from the reservations agent; its ``delta_id`` is the event id, so a
+    re-emitted delta is a duplicate at the position."""
+    quantity = record.get("quantity")
+    if not isinstance(quantity, int) or quantity == 0:
+        raise InvalidEvent("invalid_quantity", f"reserved delta must be non-zero: {quantity!r}")
+    return StockEvent(
+        RESERVATIONS_SOURCE,
+        _text(record, "delta_id"),
+        _text(record, "sku"),
+        _text(record, "location"),
+        Kind.RESERVE,
+        _millis(record.get("at"), "at"),
+        quantity,
+        _text(record, "reservation_id"),
     )
 
 

@@ -52,10 +52,19 @@ class Ledger(NamedTuple):
     units_sold: int = 0  # net units sold (POS), for the item's normal demand velocity
     first_sale_at: int | None = None
     last_sale_at: int | None = None
+    reserved: int = 0  # units held by open reservations (never negative: see reservations.py)
 
 
 def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
-    """Ledger after one event, with the as-of semantics of counts."""
+    """Ledger after one event, with the as-of semantics of counts (a count says nothing about
+    reservations: a reserved delta only changes ``reserved``)."""
+    if event.kind is Kind.RESERVE:
+        return ledger._replace(
+            reserved=ledger.reserved + event.quantity,
+            applied=ledger.applied + 1,
+            late=ledger.late + late,
+            as_of=max(ledger.as_of, event.effective_at),
+        )
     on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of = (
         ledger.on_hand, ledger.last_count_at, ledger.last_count_id, ledger.last_discrepancy,
         ledger.moved_since_count, ledger.applied + 1, ledger.late + late,
@@ -79,7 +88,7 @@ def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
         on_hand += event.quantity
         moved += abs(event.quantity)
     return Ledger(on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of, sold,
-                  first_sale, last_sale)  # fmt: skip
+                  first_sale, last_sale, ledger.reserved)  # fmt: skip
 
 
 EMPTY_LEDGER = Ledger()
@@ -214,7 +223,7 @@ def fold(
 
 # --- persistence: a compact, JSON-friendly form (the table's value) -----------------------
 
-_FORMAT = 2  # 2: the ledger carries sales history (units_sold, first/last sale)
+_FORMAT = 3  # 2: + sales history (units_sold, first/last sale); 3: + reserved
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -233,7 +242,7 @@ def to_primitive(position: Position) -> list[Any]:
 
 def from_primitive(data: list[Any]) -> Position:
     fmt, s, horizon, stream_time, pending, ids = data
-    if fmt not in (1, _FORMAT):  # 1: written before sales history; its ledger lacks 3 fields
+    if fmt not in (1, 2, _FORMAT):  # older ledgers lack the newer fields: defaults apply
         raise ValueError(f"unknown position format {fmt}")
     kinds = _KINDS
     return Position(

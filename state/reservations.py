@@ -352,3 +352,19 @@ def from_primitive(data: list[Any]) -> Reservation:
         raise ValueError(f"unknown reservation format {fmt}")
     return Reservation(rid, sku, location, quantity, created_at, expires_at, Status(status),
                        ended_at, channel, tuple((src, eid) for src, eid in ids))  # fmt: skip
+
+
+def deltas_of(reservation: Reservation) -> list[ReservedDelta]:
+    """Every reserved delta ``reservation`` has caused so far (its open, and its end once
+    ended). Re-emitting them is harmless downstream, where ``delta_id`` is the idempotency key:
+    this is how a redelivered event whose effects may not have been delivered is made good."""
+    rid, sku, location, quantity = (
+        reservation.reservation_id, reservation.sku, reservation.location, reservation.quantity,
+    )  # fmt: skip
+    deltas = [ReservedDelta(f"{rid}:open", sku, location, quantity, reservation.created_at)]
+    if not reservation.is_open:
+        ended_at = (
+            reservation.ended_at if reservation.ended_at is not None else reservation.expires_at
+        )
+        deltas.append(ReservedDelta(f"{rid}:end", sku, location, -quantity, ended_at))
+    return deltas

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import faust
+from faust.types import EventT
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -25,11 +27,13 @@ from streams.codec import Codec
 from streams.consumer import PromptConsumer
 from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
-from streams.position_store import PositionStore
+from streams.hold_batch import HoldFolder
+from streams.partition_store import PartitionStore
 
 log = logging.getLogger(__name__)
 
 POSITIONS_TABLE = "positions"
+RESERVATIONS_TABLE = "reservations"
 MAX_IN_FLIGHT_BATCHES = 4  # folded, not yet acknowledged by the broker: bounds memory and redo
 
 
@@ -71,45 +75,51 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
 
     inputs = raw_topic(
         *(spec.full_name(settings) for spec in (topics.POS_SALES, topics.WMS_MOVEMENTS,
-                                                topics.CYCLE_COUNTS))
+                                                topics.CYCLE_COUNTS, topics.RESERVED_DELTAS))
     )  # fmt: skip
+    reservation_events = raw_topic(topics.RESERVATIONS.full_name(settings))
     availability = {
         channel: topics.availability(channel).full_name(settings) for channel in settings.channels
     }
     dead_letters = topics.DEAD_LETTERS.full_name(settings)
-    table = app.Table(  # bytes in, bytes out: the "raw" codec; we encode with orjson
+    # bytes in, bytes out (the "raw" codec): values are encoded by the folds with orjson
+    positions = app.Table(
         POSITIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-    outputs = Outputs(settings, table.changelog_topic.get_topic_name())
-    folder = BatchFolder(settings, codec, table, outputs, availability, dead_letters)
-    progress = health.Progress(set(folder.parsers))
+    reservations = app.Table(
+        RESERVATIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+    changelogs = frozenset(t.changelog_topic.get_topic_name() for t in (positions, reservations))
+    outputs = Outputs(settings, changelogs)
+    folder = BatchFolder(settings, codec, positions, outputs, availability, dead_letters)
+    holds = HoldFolder(settings, codec, reservations, outputs, dead_letters)
+    stores = (folder.store, holds.store)
+    progress = health.Progress({*folder.parsers, holds.topic})
     health.install(app, progress, folder.store, POSITIONS_TABLE)
 
-    @app.agent(inputs, name="fold")
-    async def fold_agent(stream: faust.StreamT) -> None:
-        # noack_take, not take_events: take_events acks a batch in a `finally`, so a batch
-        # cut short (shutdown, crash) would be committed unprocessed. Here an event is acked
-        # only after the records its batch caused are acknowledged by the broker.
-        faust_stream = cast(faust.Stream, stream)
-        in_flight: asyncio.Queue[tuple[Ticket, list[faust.types.EventT]]] = asyncio.Queue(
-            MAX_IN_FLIGHT_BATCHES
-        )
-        acker = asyncio.ensure_future(
-            _ack_when_delivered(app, faust_stream, in_flight, folder.store, progress)
-        )
+    def fold(batch: list[EventT], ticket: Ticket) -> list[EventT]:
+        return folder.process(batch, ticket).ackable
+
+    app.agent(inputs, name="fold")(_batched(app, settings, outputs, stores, progress, fold))
+    app.agent(reservation_events, name="holds")(
+        _batched(app, settings, outputs, stores, progress, holds.process)
+    )
+
+    @app.timer(1.0)
+    async def expire_idle_holds() -> None:
+        """Quiet reservation partitions still expire holds (see streams/hold_batch.py)."""
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == holds.topic}
+        ticket = outputs.ticket()
+        holds.advance_idle(assigned, ticket)
+        ticket.seal()
         try:
-            batches = faust_stream.noack_take(
-                settings.batch_max, within=settings.batch_within_ms / 1000
-            )
-            async for batch in batches:
-                ticket = outputs.ticket()
-                with metrics.BATCH_SECONDS.time():
-                    result = folder.process(batch, ticket)
-                ticket.seal()
-                metrics.BATCH_EVENTS.observe(len(batch))
-                await in_flight.put((ticket, result.ackable))
-        finally:
-            acker.cancel()
+            await ticket.done
+        except Exception as exc:
+            log.critical("output delivery failed, stopping: %s", exc)
+            await app.crash(exc)
+            return
+        for store in stores:
+            store.mark_changelog_applied(ticket.changelog_offsets)
 
     async def close_outputs(*args: Any, **kwargs: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, outputs.close)
@@ -124,11 +134,50 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     return app
 
 
+Process = Callable[[list[EventT], Ticket], list[EventT]]
+
+
+def _batched(
+    app: faust.App,
+    settings: Settings,
+    outputs: Outputs,
+    stores: tuple[PartitionStore, ...],
+    progress: health.Progress,
+    process: Process,
+) -> Callable[[faust.StreamT], Coroutine[Any, Any, None]]:
+    """An agent that folds batches with ``process`` and acks them once delivered."""
+
+    async def agent(stream: faust.StreamT) -> None:
+        # noack_take, not take_events: take_events acks a batch in a `finally`, so a batch
+        # cut short (shutdown, crash) would be committed unprocessed. Here an event is acked
+        # only after the records its batch caused are acknowledged by the broker.
+        faust_stream = cast(faust.Stream, stream)
+        in_flight: asyncio.Queue[tuple[Ticket, list[EventT]]] = asyncio.Queue(MAX_IN_FLIGHT_BATCHES)
+        acker = asyncio.ensure_future(
+            _ack_when_delivered(app, faust_stream, in_flight, stores, progress)
+        )
+        try:
+            batches = faust_stream.noack_take(
+                settings.batch_max, within=settings.batch_within_ms / 1000
+            )
+            async for batch in batches:
+                ticket = outputs.ticket()
+                with metrics.BATCH_SECONDS.time():
+                    ackable = process(cast(list[EventT], batch), ticket)
+                ticket.seal()
+                metrics.BATCH_EVENTS.observe(len(batch))
+                await in_flight.put((ticket, ackable))
+        finally:
+            acker.cancel()
+
+    return agent
+
+
 async def _ack_when_delivered(
     app: faust.App,
     stream: faust.Stream,
-    in_flight: asyncio.Queue[tuple[Ticket, list[faust.types.EventT]]],
-    store: PositionStore,
+    in_flight: asyncio.Queue[tuple[Ticket, list[EventT]]],
+    stores: tuple[PartitionStore, ...],
     progress: health.Progress,
 ) -> None:
     """Ack each batch's events, in order, once the broker has its records; a delivery failure
@@ -141,7 +190,8 @@ async def _ack_when_delivered(
             log.critical("output delivery failed, stopping without acking: %s", exc)
             await app.crash(exc)
             return
-        store.mark_changelog_applied(ticket.changelog_offsets)
+        for store in stores:
+            store.mark_changelog_applied(ticket.changelog_offsets)
         now = time.time()
         for published_at in ticket.published_at:
             metrics.EVENT_TO_PUBLISH.observe(now - published_at)

@@ -39,18 +39,19 @@ log = logging.getLogger(__name__)
 class Ticket:
     """The records of one batch; ``done`` resolves when all are acknowledged (or one failed).
 
-    ``changelog_offsets`` holds, per changelog partition, the highest offset acknowledged: the
-    table's local store can remember it, so a restart replays the changelog only past it.
+    ``changelog_offsets`` holds, per changelog topic and partition, the highest offset
+    acknowledged: the table's local store can remember it, so a restart replays the changelog
+    only past it.
     """
 
     __slots__ = ("_loop", "_sealed", "changelog", "changelog_offsets", "delivered", "done", "error",
                  "published_at", "sent")  # fmt: skip
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, changelog: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, changelogs: frozenset[str]) -> None:
         self._loop = loop
         self._sealed = False
-        self.changelog = changelog
-        self.changelog_offsets: dict[int, int] = {}
+        self.changelog = changelogs
+        self.changelog_offsets: dict[str, dict[int, int]] = {}
         self.sent = 0  # written by the event loop thread only
         self.delivered = 0  # written by the delivery thread only
         self.error: KafkaError | None = None
@@ -62,10 +63,11 @@ class Ticket:
         if err is not None:
             self.error = self.error or err
             metrics.SINK_FAILURES.labels(SINK).inc()
-        elif msg.topic() == self.changelog:
+        elif (topic := msg.topic() or "") in self.changelog:
             partition, offset = msg.partition() or 0, msg.offset() or 0
-            if offset > self.changelog_offsets.get(partition, -1):
-                self.changelog_offsets[partition] = offset
+            offsets = self.changelog_offsets.setdefault(topic, {})
+            if offset > offsets.get(partition, -1):
+                offsets[partition] = offset
         self.delivered += 1
         if self._sealed and self.delivered == self.sent:
             self._loop.call_soon_threadsafe(self._resolve)
@@ -88,8 +90,8 @@ class Ticket:
 class Outputs:
     """One librdkafka producer for everything the fold writes, with per-batch tickets."""
 
-    def __init__(self, settings: Settings, changelog: str) -> None:
-        self.changelog = changelog
+    def __init__(self, settings: Settings, changelogs: frozenset[str]) -> None:
+        self.changelogs = changelogs
         self.producer = Producer(producer_config(settings) | {"stats_cb": self._on_stats})
         self._retries_seen = 0
         metrics.SINK_IN_FLIGHT.labels(SINK).set_function(lambda: len(self.producer))
@@ -100,7 +102,7 @@ class Outputs:
         self._thread.start()
 
     def ticket(self) -> Ticket:
-        return Ticket(asyncio.get_running_loop(), self.changelog)
+        return Ticket(asyncio.get_running_loop(), self.changelogs)
 
     def produce(
         self, ticket: Ticket, topic: str, key: bytes, value: bytes, partition: int = -1

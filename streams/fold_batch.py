@@ -12,8 +12,11 @@ The commit order, for every batch:
 5. the agent acks the batch's events only when the broker has acknowledged every record queued
    in 3-4 (:mod:`streams.delivery`); Faust commits acked offsets only.
 
-A batch fetched before a rebalance writes nothing for the keys whose events came from an older
-consumer generation: the partition's new owner processes them again from the committed offset.
+Events fetched before a rebalance (an older consumer generation) are left out of the batch and
+not acked: after every rebalance Faust seeks each assigned partition to its committed offset, so
+whoever owns the partition now — this worker or another — folds them again. Writing them could
+overwrite what the partition's new owner already wrote (a zombie write); a batch is synchronous,
+so the generation cannot change while it folds.
 
 Redeliveries after a crash are recognised by offset: each stored position remembers the last
 offset of every input topic applied to it, so a replayed event is skipped exactly (and its
@@ -38,6 +41,7 @@ from state.events import (
     StockEvent,
     count_from_record,
     movement_from_record,
+    reserved_delta_from_record,
     sale_from_record,
 )
 from state.position import OpenPosition, Position, from_primitive, to_primitive
@@ -45,7 +49,7 @@ from streams import metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter
 from streams.delivery import Outputs, Ticket
-from streams.position_store import PositionCache, PositionStore
+from streams.partition_store import PartitionStore, PositionCache
 from streams.watermarks import PartitionClock
 
 log = logging.getLogger(__name__)
@@ -87,7 +91,7 @@ class BatchFolder:
         self.settings = settings
         self.codec = codec
         self.table = table
-        self.store = PositionStore(table)
+        self.store = PartitionStore(table)
         self.cache = PositionCache(CACHED_POSITIONS)
         self.outputs = outputs
         self.availability = availability
@@ -96,6 +100,7 @@ class BatchFolder:
             topics.POS_SALES.full_name(settings): sale_from_record,
             topics.WMS_MOVEMENTS.full_name(settings): movement_from_record,
             topics.CYCLE_COUNTS.full_name(settings): count_from_record,
+            topics.RESERVED_DELTAS.full_name(settings): reserved_delta_from_record,
         }
         self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
 
@@ -112,6 +117,8 @@ class BatchFolder:
         outcomes = result.outcomes
         letters: list[DeadLetter] = []
         valid: list[tuple[EventT, StockEvent, int]] = []  # with the watermark at its arrival
+        generation = self.table.app.consumer_generation_id
+        events = [event for event in events if event.message.generation_id == generation]
         for event in events:
             stock_event = self._decode(event, letters)
             if stock_event is None:
@@ -142,7 +149,7 @@ class BatchFolder:
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
             value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
             self.outputs.produce(ticket, self.dead_letters, letter.source_topic.encode(), value)
-        result.ackable = [event for event in events if not self._revoked(event)]
+        result.ackable = list(events)
         now = time.time()
         for (topic, outcome), n in outcomes.items():
             metrics.EVENTS.labels(topic, outcome).inc(n)
@@ -150,12 +157,10 @@ class BatchFolder:
         return result
 
     def _write_and_publish(self, touched: dict[bytes, _Touched], ticket: Ticket) -> None:
-        changelog = self.outputs.changelog
+        changelog = self.store.changelog
         writes: dict[int, list[tuple[bytes, bytes]]] = {}
         changed: list[tuple[bytes, _Touched]] = []
         for key, entry in touched.items():
-            if self._revoked(entry.event):
-                continue  # a rebalance happened: the partition's (new) owner redoes these events
             position = entry.position.close(lateness_ms=self.settings.lateness_ms)
             value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
             partition = entry.event.message.partition
@@ -198,11 +203,6 @@ class BatchFolder:
             )
         return stock_event
 
-    def _revoked(self, event: EventT) -> bool:
-        """True when a rebalance happened since ``event`` was fetched: writing its position now
-        could overwrite what the partition's new owner already wrote (a zombie write)."""
-        return bool(event.message.generation_id != self.table.app.consumer_generation_id)
-
     def _load(self, valid: list[tuple[EventT, StockEvent, int]]) -> dict[bytes, _Touched]:
         """The positions of every key in the batch: from the cache, else from the store (one
         multi-get per partition)."""
@@ -220,10 +220,7 @@ class BatchFolder:
             else:
                 by_partition.setdefault(event.message.partition, []).append(key)
         for partition, keys in by_partition.items():
-            if self._revoked(first[keys[0]]):
-                stored: list[bytes | None] = [None] * len(keys)  # not ours: never written
-            else:
-                stored = self.store.get_many(partition, keys)
+            stored = self.store.get_many(partition, keys)
             for key, value in zip(keys, stored, strict=True):
                 if value is None:
                     position, offsets = Position(), {}

@@ -19,7 +19,7 @@ import faust
 from faust.types import TP
 
 from streams import metrics
-from streams.position_store import PositionStore
+from streams.partition_store import PartitionStore
 
 REFRESH_S = 5.0
 
@@ -78,7 +78,7 @@ def ready(app: faust.App) -> tuple[bool, str]:
     return True, "ready"
 
 
-def install(app: faust.App, progress: Progress, store: PositionStore, table_name: str) -> None:
+def install(app: faust.App, progress: Progress, store: PartitionStore, table_name: str) -> None:
     """Register the refresh timer, the rebalance counter and the probe pages on ``app``."""
 
     @app.timer(REFRESH_S)

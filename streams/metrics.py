@@ -55,3 +55,8 @@ SINK_IN_FLIGHT = Gauge(
     "invsync_sink_in_flight", "Records handed to a sink, not yet acknowledged.", ["sink"]
 )
 TABLE_KEYS = Gauge("invsync_table_keys", "Keys in a table's local store (estimate).", ["table"])
+RESERVATION_AGE = Histogram(
+    "invsync_reservation_age_seconds",
+    "Event-time age a hold reached when it ended by expiry (created to expires_at).",
+    buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200),
+)

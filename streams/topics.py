@@ -4,9 +4,11 @@ This is the one place topics are named. Input topics and table changelogs must s
 count (Faust raises ``PartitionsMismatch`` otherwise), so every topic here is created explicitly by
 ``invsync topics create`` before a worker starts; the broker never auto-creates one.
 
-Keys are ``"<sku>|<location>"`` (UTF-8) on every keyed topic, so one position's events land on the
-same partition of every input topic when producers use the murmur2 partitioner (Java's and
+Keys are ``"<sku>|<location>"`` (UTF-8) on every position topic, so one position's events land on
+the same partition of every input topic when producers use the murmur2 partitioner (Java's and
 aiokafka's default; confluent-kafka producers must set ``partitioner=murmur2_random``).
+Reservation events are keyed by ``reservation_id``; the reservations agent re-keys their effect
+on reserved units by sku|location onto ``invsync.reserved-deltas``, which the fold consumes.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class TopicSpec:
 POS_SALES = TopicSpec("pos.sales", "pos_sale", "sku|location", "input")
 WMS_MOVEMENTS = TopicSpec("wms.movements", "wms_movement", "sku|location", "input")
 CYCLE_COUNTS = TopicSpec("inventory.counts", "cycle_count", "sku|location", "input")
-RESERVATIONS = TopicSpec("reservations.events", "reservation_event", "sku|location", "input")
+RESERVATIONS = TopicSpec("reservations.events", "reservation_event", "reservation_id", "input")
+RESERVED_DELTAS = TopicSpec("invsync.reserved-deltas", "reserved_delta", "sku|location", "internal")
 ERP_STOCK_DELTAS = TopicSpec("erp.stock-deltas", "erp_stock_delta", "sku|location", "output")
 DEAD_LETTERS = TopicSpec("invsync.dead-letters", "dead_letter", "source topic", "error")
 
@@ -68,7 +71,7 @@ def availability(channel: str) -> TopicSpec:
 def all_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the deployment needs (table changelogs are created by the worker's app)."""
     outputs = [availability(channel) for channel in settings.channels]
-    return [*INPUTS, *outputs, ERP_STOCK_DELTAS, DEAD_LETTERS]
+    return [*INPUTS, RESERVED_DELTAS, *outputs, ERP_STOCK_DELTAS, DEAD_LETTERS]
 
 
 @cache

@@ -20,13 +20,17 @@ def distinct(events: Iterable[StockEvent]) -> list[StockEvent]:
 
 
 def reference_on_hand(events: Iterable[StockEvent]) -> int:
-    unique = distinct(events)
+    unique = [e for e in distinct(events) if e.kind is not Kind.RESERVE]
     counts = [e for e in unique if e.kind is Kind.COUNT]
     if not counts:
         return sum(e.quantity for e in unique)
     last = max(counts, key=lambda e: (e.effective_at, e.source, e.event_id))
     after = [e for e in unique if e.kind is not Kind.COUNT and e.effective_at >= last.effective_at]
     return last.quantity + sum(e.quantity for e in after)
+
+
+def reference_reserved(events: Iterable[StockEvent]) -> int:
+    return sum(e.quantity for e in distinct(events) if e.kind is Kind.RESERVE)
 
 
 def reference_positions(events: Iterable[StockEvent]) -> dict[str, tuple[int, int]]:

@@ -132,7 +132,7 @@ def dead_letters(dep: Deployment) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("store", ["rocksdb", "memory"])
 def test_availability_equals_reference_fold_and_duplicates_change_nothing(deployment, store):
-    # both stores: the fold reads and writes partition stores itself (streams/position_store.py)
+    # both stores: the fold reads and writes partition stores itself (streams/partition_store.py)
     deployment.env["INVSYNC_STORE"] = store
     items = workload(seed=1, n=2000)
     produce(deployment.settings, items)

@@ -50,7 +50,7 @@ def test_a_slow_mover_is_not_frozen_by_the_same_silence():
 
 def test_offered_never_exceeds_atp_and_status_follows_it():
     ledger = ledger_of(count(T0, 3), sale(1, T0 + HOUR, 2))
-    record = project("web", "SKU1", "S001", ledger, stream_time=T0 + 2 * HOUR, reserved=0)
+    record = project("web", "SKU1", "S001", ledger, stream_time=T0 + 2 * HOUR)
     assert (record.atp, record.offered, record.status) == (1, 1, "low")
     strict = project("web", "SKU1", "S001", ledger, stream_time=T0 + 2 * HOUR, min_confidence=0.999)
     assert strict.offered <= record.offered and strict.status in ("out", "low")
@@ -76,3 +76,10 @@ def test_time_is_the_stream_time_so_a_replay_gives_the_same_record():
     assert project("web", "SKU1", "S001", ledger, stream_time=T0 + DAY_MS) == project(
         "web", "SKU1", "S001", ledger, stream_time=T0 + DAY_MS
     )
+
+
+def test_reserved_units_are_not_offered():
+    hold = StockEvent("reservations", "r1:open", "SKU1", "S001", Kind.RESERVE, T0 + HOUR, 4, "r1")
+    ledger = ledger_of(count(T0, 10), hold)
+    record = project("web", "SKU1", "S001", ledger, stream_time=T0 + 2 * HOUR)
+    assert (record.on_hand, record.reserved, record.atp, record.offered) == (10, 4, 6, 6)

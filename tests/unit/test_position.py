@@ -14,7 +14,7 @@ from state.position import (
     from_primitive,
     to_primitive,
 )
-from tests.reference import distinct, reference_on_hand
+from tests.reference import distinct, reference_on_hand, reference_reserved
 
 HOUR = 3_600_000
 BIG_LATENESS = 10**12
@@ -46,6 +46,8 @@ def movement(eid: str, at: int, units: int, source: str = "wms") -> StockEvent:
 def _event(i: int, kind: str, at: int, qty: int) -> StockEvent:
     if kind == "count":
         return count(f"c{i}", at, qty)
+    if kind == "reserve":
+        return StockEvent("reservations", f"r{i}", "sku1", "store1", Kind.RESERVE, at, qty - 4 or 2)
     if kind == "movement":
         return movement(f"m{i}", at, qty - 3 or 4)
     return sale(f"s{i}", at, qty - 5 or 1)
@@ -54,7 +56,7 @@ def _event(i: int, kind: str, at: int, qty: int) -> StockEvent:
 # distinct events (ids from the list index): a redelivery repeats an event, it never changes it
 events_strategy = st.lists(
     st.tuples(
-        st.sampled_from(["sale", "sale", "sale", "movement", "count"]),
+        st.sampled_from(["sale", "sale", "sale", "movement", "reserve", "count"]),
         st.integers(0, 20).map(lambda m: m * 60_000),
         st.integers(0, 10),
     ),
@@ -70,6 +72,7 @@ def test_fold_equals_reference_for_any_arrival_order(events, rnd):
     position, _ = fold_all(shuffled)
     view = position.view()
     assert view.on_hand == reference_on_hand(events)
+    assert view.reserved == reference_reserved(events)
     assert view.applied == len(distinct(events))
     assert position.view() == fold_all(events)[0].view()
 

@@ -1,4 +1,5 @@
-"""The positions table's local store, read and written a batch at a time, per partition.
+"""A raw-bytes table's local store, read and written a batch at a time, per partition (the
+positions and the reservations tables).
 
 Faust's table API reads one key at a time (and on a miss probes the RocksDB of *every* assigned
 partition) and writes one key at a time with a changelog record each. The fold knows each key's
@@ -28,7 +29,9 @@ from faust.types import TP, TableT
 from state.position import OpenPosition
 
 
-class PositionStore:
+class PartitionStore:
+    """Batch reads and writes of one table's partition stores (see the module docstring)."""
+
     def __init__(self, table: TableT) -> None:
         self.table = table
 
@@ -58,6 +61,18 @@ class PositionStore:
         else:
             raise TypeError(f"unsupported table store {type(store).__name__}")
 
+    def items(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of one partition (for rebuilding an in-memory index)."""
+        store = self._store
+        if isinstance(store, rocksdb.Store):
+            offset_key = store.offset_key
+            db = store._db_for_partition(partition)
+            return [(k, v) for k, v in db.items() if k != offset_key]
+        if isinstance(store, memory.Store):
+            owner = store._key_partition
+            return [(k, v) for k, v in store.data.items() if owner.get(k) == partition]
+        raise TypeError(f"unsupported table store {type(store).__name__}")
+
     def approximate_keys(self) -> int | None:
         """Keys in the assigned partitions' stores (RocksDB's estimate), or None if unknown."""
         store = self._store
@@ -70,14 +85,19 @@ class PositionStore:
             return len(store.data)
         return None
 
-    def mark_changelog_applied(self, offsets: dict[int, int]) -> None:
+    @property
+    def changelog(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def mark_changelog_applied(self, offsets: dict[str, dict[int, int]]) -> None:
         """Remember, per partition, the changelog offset the local store contains up to, so that
-        recovery after a restart replays only the changelog past it (RocksDB; no-op in memory)."""
+        recovery after a restart replays only the changelog past it (RocksDB; no-op in memory).
+        ``offsets``: changelog topic -> partition -> offset; other tables' topics are ignored."""
         store = self._store
-        if not isinstance(store, rocksdb.Store):
+        topic = self.changelog
+        if not isinstance(store, rocksdb.Store) or topic not in offsets:
             return
-        topic = self.table.changelog_topic.get_topic_name()
-        for partition, offset in offsets.items():
+        for partition, offset in offsets[topic].items():
             if partition in store._dbs:  # not revoked meanwhile
                 store.set_persisted_offset(TP(topic, partition), offset)
 
