@@ -312,24 +312,6 @@ def assess(
     return Assessment(recorded, reserved, explanation)
 
 
-def explain(
-    recorded: int,
-    reserved: int,
-    *,
-    units_moved_since_count: int,
-    last_count_age_ms: int | None,
-    since_last_sale_ms: int | None,
-    velocity_per_day: float,
-    accuracy: ClassAccuracy,
-) -> Explanation:
-    """The explanation :func:`assess` would carry for the same inputs."""
-    return assess(
-        recorded, reserved, units_moved_since_count=units_moved_since_count,
-        last_count_age_ms=last_count_age_ms, since_last_sale_ms=since_last_sale_ms,
-        velocity_per_day=velocity_per_day, accuracy=accuracy,
-    ).explanation  # fmt: skip
-
-
 # --- persistence: a compact, JSON-friendly form (a changelog table's value) -----------------
 
 _FORMAT = 1

@@ -6,7 +6,7 @@ a machine-readable reason. Nothing here knows about Kafka; the caller dead-lette
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -75,15 +75,22 @@ class StockEvent(NamedTuple):
         return (self.effective_at, 0 if self.kind is Kind.COUNT else 1, self.source, self.event_id)
 
 
-def _millis(value: Any, field: str) -> int:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def millis_field(value: Any, field: str) -> int:
+    """A timestamp field as UTC millis: an int as is, a datetime exactly (naive means UTC)."""
     if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        return (aware - _EPOCH) // _MS
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise InvalidEvent("invalid_field", f"{field} is not a timestamp: {value!r}")
 
 
-def _text(record: dict[str, Any], field: str) -> str:
+def text_field(record: dict[str, Any], field: str) -> str:
+    """A non-blank string field; sku and location may not contain the key separator."""
     value = record.get(field)
     if not isinstance(value, str) or not value.strip():
         raise InvalidEvent("missing_key", f"{field} is missing or empty")
@@ -94,10 +101,10 @@ def _text(record: dict[str, Any], field: str) -> str:
 
 def _common(record: dict[str, Any]) -> dict[str, Any]:
     return {
-        "source": _text(record, "source"),
-        "event_id": _text(record, "event_id"),
-        "sku": _text(record, "sku"),
-        "location": _text(record, "location"),
+        "source": text_field(record, "source"),
+        "event_id": text_field(record, "event_id"),
+        "sku": text_field(record, "sku"),
+        "location": text_field(record, "location"),
     }
 
 
@@ -111,7 +118,7 @@ def sale_from_record(record: dict[str, Any]) -> StockEvent:
     return StockEvent(
         **_common(record),
         kind=Kind.SALE,
-        effective_at=_millis(record.get("occurred_at"), "occurred_at"),
+        effective_at=millis_field(record.get("occurred_at"), "occurred_at"),
         quantity=-quantity,
     )
 
@@ -134,7 +141,7 @@ def movement_from_record(record: dict[str, Any]) -> StockEvent:
     return StockEvent(
         **_common(record),
         kind=Kind.MOVEMENT,
-        effective_at=_millis(record.get("occurred_at"), "occurred_at"),
+        effective_at=millis_field(record.get("occurred_at"), "occurred_at"),
         quantity=sign * quantity,
         ref=movement_type,
     )
@@ -151,13 +158,13 @@ def reserved_delta_from_record(record: dict[str, Any]) -> StockEvent:
         raise InvalidEvent("invalid_quantity", f"reserved delta must be non-zero: {quantity!r}")
     return StockEvent(
         RESERVATIONS_SOURCE,
-        _text(record, "delta_id"),
-        _text(record, "sku"),
-        _text(record, "location"),
+        text_field(record, "delta_id"),
+        text_field(record, "sku"),
+        text_field(record, "location"),
         Kind.RESERVE,
-        _millis(record.get("at"), "at"),
+        millis_field(record.get("at"), "at"),
         quantity,
-        _text(record, "reservation_id"),
+        text_field(record, "reservation_id"),
     )
 
 
@@ -167,8 +174,8 @@ def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> Stoc
     counted = record.get("counted_quantity")
     if not isinstance(counted, int) or counted < 0:
         raise InvalidEvent("invalid_quantity", f"counted_quantity must be >= 0: {counted!r}")
-    counted_at = _millis(record.get("counted_at"), "counted_at")
-    reported_at = _millis(record.get("occurred_at"), "occurred_at")
+    counted_at = millis_field(record.get("counted_at"), "counted_at")
+    reported_at = millis_field(record.get("occurred_at"), "occurred_at")
     if counted_at > reported_at + skew_ms:
         raise InvalidEvent(
             "future_count", f"counted_at {counted_at} is after occurred_at {reported_at} + skew"
@@ -178,5 +185,5 @@ def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> Stoc
         kind=Kind.COUNT,
         effective_at=counted_at,
         quantity=counted,
-        ref=_text(record, "count_id"),
+        ref=text_field(record, "count_id"),
     )

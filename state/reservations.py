@@ -32,19 +32,15 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from state.events import KEY_SEPARATOR, InvalidEvent
+from state.events import KEY_SEPARATOR, InvalidEvent, millis_field, text_field
 
 UNKNOWN_RESERVATION = "unknown_reservation"
 RESERVATION_ENDED = "reservation_ended"
 CONFLICTING_CREATE = "conflicting_create"
 CONFLICTING_END = "conflicting_end"  # an end event naming another sku or location than the hold
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 class Action(StrEnum):
@@ -93,37 +89,22 @@ class ReservationEvent:
         return (self.source, self.event_id)
 
 
-def _millis(value: Any, field: str) -> int:
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return (aware - _EPOCH) // _MS
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise InvalidEvent("invalid_field", f"{field} is not a timestamp: {value!r}")
-
-
-def _text(record: dict[str, Any], field: str) -> str:
-    value = record.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidEvent("missing_key", f"{field} is missing or empty")
-    if KEY_SEPARATOR in value and field in ("sku", "location"):
-        raise InvalidEvent("invalid_key", f"{field} {value!r} contains {KEY_SEPARATOR!r}")
-    return value
-
-
 def reservation_from_record(record: dict[str, Any]) -> ReservationEvent:
     """A decoded ``reservation_event`` record, checked; raises :class:`InvalidEvent`."""
-    ids = {f: _text(record, f) for f in ("source", "event_id", "reservation_id", "sku", "location")}
+    ids = {
+        f: text_field(record, f)
+        for f in ("source", "event_id", "reservation_id", "sku", "location")
+    }
     raw_action = record.get("action")
     if not isinstance(raw_action, str) or raw_action not in _ACTIONS:
         raise InvalidEvent("unknown_action", f"action {raw_action!r}")
     action = Action(raw_action)
-    occurred_at = _millis(record.get("occurred_at"), "occurred_at")
+    occurred_at = millis_field(record.get("occurred_at"), "occurred_at")
     quantity = record.get("quantity", 0)
     if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
         raise InvalidEvent("invalid_quantity", f"quantity must be an int >= 0: {quantity!r}")
     raw_expiry = record.get("expires_at")
-    expires_at = None if raw_expiry is None else _millis(raw_expiry, "expires_at")
+    expires_at = None if raw_expiry is None else millis_field(raw_expiry, "expires_at")
     channel = record.get("channel")
     if channel is not None and not isinstance(channel, str):
         raise InvalidEvent("invalid_field", f"channel is not a string: {channel!r}")

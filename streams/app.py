@@ -112,14 +112,7 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
         ticket = outputs.ticket()
         holds.advance_idle(assigned, ticket)
         ticket.seal()
-        try:
-            await ticket.done
-        except Exception as exc:
-            log.critical("output delivery failed, stopping: %s", exc)
-            await app.crash(exc)
-            return
-        for store in stores:
-            store.mark_changelog_applied(ticket.changelog_offsets)
+        await _delivered(app, ticket, stores)
 
     async def close_outputs(*args: Any, **kwargs: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, outputs.close)
@@ -184,14 +177,8 @@ async def _ack_when_delivered(
     stops the worker with those events unacked (they are redelivered)."""
     while True:
         ticket, events = await in_flight.get()
-        try:
-            await ticket.done
-        except Exception as exc:
-            log.critical("output delivery failed, stopping without acking: %s", exc)
-            await app.crash(exc)
+        if not await _delivered(app, ticket, stores):
             return
-        for store in stores:
-            store.mark_changelog_applied(ticket.changelog_offsets)
         now = time.time()
         for published_at in ticket.published_at:
             metrics.EVENT_TO_PUBLISH.observe(now - published_at)
@@ -199,3 +186,17 @@ async def _ack_when_delivered(
             await stream.ack(event)
             message = event.message
             progress.on_acked(message.tp, message.offset, message.timestamp)
+
+
+async def _delivered(app: faust.App, ticket: Ticket, stores: tuple[PartitionStore, ...]) -> bool:
+    """Wait for ``ticket``; then let the stores remember the changelog they contain. False (and
+    the worker crashing, nothing acked) if a record could not be delivered."""
+    try:
+        await ticket.done
+    except Exception as exc:
+        log.critical("output delivery failed, stopping without acking: %s", exc)
+        await app.crash(exc)
+        return False
+    for store in stores:
+        store.mark_changelog_applied(ticket.changelog_offsets)
+    return True

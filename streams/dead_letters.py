@@ -11,6 +11,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from streams import metrics, topics
+from streams.codec import Codec
+from streams.delivery import Outputs, Ticket
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -39,3 +43,13 @@ def dead_letter(
     return DeadLetter(
         reason, detail[:2000], topic, partition, offset, key, value, int(time.time() * 1000)
     )
+
+
+def send_dead_letters(
+    letters: list[DeadLetter], codec: Codec, outputs: Outputs, ticket: Ticket, topic: str
+) -> None:
+    """Count ``letters`` by reason and queue them on ``ticket`` (keyed by source topic)."""
+    for letter in letters:
+        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+        value = codec.encode(topics.DEAD_LETTERS, letter.to_record())
+        outputs.produce(ticket, topic, letter.source_topic.encode(), value)

@@ -35,7 +35,7 @@ import orjson
 from faust.types import TP, EventT, TableT
 
 from invsync.settings import Settings
-from state.availability import project
+from state.availability import Availability, project
 from state.events import (
     InvalidEvent,
     StockEvent,
@@ -47,7 +47,7 @@ from state.events import (
 from state.position import OpenPosition, Position, from_primitive, to_primitive
 from streams import metrics, topics
 from streams.codec import Codec, DecodeError
-from streams.dead_letters import DeadLetter, dead_letter
+from streams.dead_letters import DeadLetter, dead_letter, send_dead_letters
 from streams.delivery import Outputs, Ticket
 from streams.partition_store import PartitionStore, PositionCache
 from streams.watermarks import PartitionClock
@@ -93,6 +93,8 @@ class BatchFolder:
         self.table = table
         self.store = PartitionStore(table)
         self.cache = PositionCache(CACHED_POSITIONS)
+        # keys whose last published record was frozen, per location type (this worker's keys)
+        self.phantom_suspects: dict[str, set[bytes]] = {}
         self.outputs = outputs
         self.availability = availability
         self.dead_letters = dead_letters
@@ -145,10 +147,7 @@ class BatchFolder:
             counted = (message.topic, outcome)
             outcomes[counted] = outcomes.get(counted, 0) + 1
         self._write_and_publish(touched, ticket)
-        for letter in letters:
-            metrics.DEAD_LETTERS.labels(letter.reason).inc()
-            value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
-            self.outputs.produce(ticket, self.dead_letters, letter.source_topic.encode(), value)
+        send_dead_letters(letters, self.codec, self.outputs, ticket, self.dead_letters)
         result.ackable = list(events)
         now = time.time()
         for (topic, outcome), n in outcomes.items():
@@ -235,9 +234,21 @@ class BatchFolder:
     def _publish(self, key: bytes, position: OpenPosition, ticket: Ticket) -> None:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
+        first = True
         for channel, topic in self.availability.items():
-            record = project(
-                channel, sku, location, ledger, stream_time=position.stream_time
-            ).to_record()
-            value = self.codec.encode(topics.availability(channel), record)
+            availability = project(channel, sku, location, ledger, stream_time=position.stream_time)
+            if first:  # model health: the same for every channel, observed once
+                self._observe_model(key, availability)
+                first = False
+            value = self.codec.encode(topics.availability(channel), availability.to_record())
             self.outputs.produce(ticket, topic, key, value)
+
+    def _observe_model(self, key: bytes, availability: Availability) -> None:
+        kind = availability.location_type
+        metrics.POSITION_CONFIDENCE.labels(kind).observe(availability.confidence)
+        suspects = self.phantom_suspects.setdefault(kind, set())
+        if availability.frozen:
+            suspects.add(key)
+        else:
+            suspects.discard(key)
+        metrics.PHANTOM_SUSPECTS.labels(kind).set(len(suspects))

@@ -50,7 +50,7 @@ from state.reservations import (
 )
 from streams import metrics, topics
 from streams.codec import Codec, DecodeError
-from streams.dead_letters import DeadLetter, dead_letter
+from streams.dead_letters import DeadLetter, dead_letter, send_dead_letters
 from streams.delivery import Outputs, Ticket
 from streams.partition_store import PartitionStore
 
@@ -123,7 +123,7 @@ class HoldFolder:
         for partition in {e.message.partition for e, _ in decoded}:
             self._expire(partition, loaded, ticket)
         self._write(loaded, ticket)
-        self._send_letters(letters, ticket)
+        send_dead_letters(letters, self.codec, self.outputs, ticket, self.dead_letters)
         for outcome, n in outcomes.items():
             metrics.EVENTS.labels(self.topic, outcome).inc(n)
         if current:
@@ -187,11 +187,11 @@ class HoldFolder:
             clock.index.track(step.state)
         if step.delta is not None:
             self._emit(step.delta, ticket)
-        return (
-            "duplicate"
-            if step.outcome in (Outcome.DUPLICATE, Outcome.ALREADY_EXPIRED)
-            else ("applied")
-        )
+            if step.state is not None and step.state.ended_at is not None:
+                _observe_age(step.state)
+        if step.outcome in (Outcome.DUPLICATE, Outcome.ALREADY_EXPIRED):
+            return "duplicate"
+        return "applied"
 
     def _expire(
         self, partition: int, loaded: dict[bytes, tuple[int, _Stored]], ticket: Ticket
@@ -208,8 +208,7 @@ class HoldFolder:
             key = step.state.reservation_id.encode()
             loaded[key] = (partition, _Stored(step.state, loaded[key][1].offset, dirty=True))
             self._emit(step.delta, ticket)
-            age_s = (step.state.expires_at - step.state.created_at) / 1000
-            metrics.RESERVATION_AGE.observe(max(0.0, age_s))
+            _observe_age(step.state)
 
     def _emit(self, delta: ReservedDelta, ticket: Ticket) -> None:
         record = {
@@ -270,11 +269,10 @@ class HoldFolder:
         )
         return None
 
-    def _send_letters(self, letters: list[DeadLetter], ticket: Ticket) -> None:
-        for letter in letters:
-            metrics.DEAD_LETTERS.labels(letter.reason).inc()
-            value = self.codec.encode(topics.DEAD_LETTERS, letter.to_record())
-            self.outputs.produce(ticket, self.dead_letters, letter.source_topic.encode(), value)
+
+def _observe_age(ended: Reservation) -> None:
+    age_ms = (ended.ended_at if ended.ended_at is not None else ended.expires_at) - ended.created_at
+    metrics.RESERVATION_AGE.observe(max(0.0, age_ms / 1000))
 
 
 def _decode_value(value: bytes) -> _Stored:

@@ -57,6 +57,17 @@ SINK_IN_FLIGHT = Gauge(
 TABLE_KEYS = Gauge("invsync_table_keys", "Keys in a table's local store (estimate).", ["table"])
 RESERVATION_AGE = Histogram(
     "invsync_reservation_age_seconds",
-    "Event-time age a hold reached when it ended by expiry (created to expires_at).",
+    "Event-time age of a hold when it ended (released, committed or expired).",
     buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200),
+)
+POSITION_CONFIDENCE = Histogram(
+    "invsync_position_confidence",
+    "Confidence of each published availability record, by location type.",
+    ["location_type"],
+    buckets=(0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+PHANTOM_SUSPECTS = Gauge(
+    "invsync_phantom_suspects",
+    "Positions this worker last published as frozen (phantom-stock suspects), by location type.",
+    ["location_type"],
 )

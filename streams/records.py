@@ -35,3 +35,15 @@ def wms_movement(
             "occurred_at": occurred_at, "movement_type": movement_type, "quantity": quantity,
             "transfer_id": transfer_id,
             "counterpart_location": counterpart_location}  # fmt: skip
+
+
+def reservation_event(
+    event_id: str, source: str, sku: str, location: str, occurred_at: int, reservation_id: str,
+    action: str, quantity: int = 0, *, expires_at: int | None = None, channel: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``action`` is created | released | committed | expired; ``created`` needs a quantity > 0
+    and ``expires_at`` after ``occurred_at``. Keyed by ``reservation_id`` on its topic."""
+    return {"event_id": event_id, "source": source, "sku": sku, "location": location,
+            "occurred_at": occurred_at, "reservation_id": reservation_id, "action": action,
+            "quantity": quantity, "expires_at": expires_at,
+            "channel": channel}  # fmt: skip

@@ -20,7 +20,6 @@ from state.confidence import (
     Assessment,
     ClassAccuracy,
     assess,
-    explain,
     from_primitive,
     on_hand_belief,
     phantom_probability,
@@ -186,7 +185,7 @@ def test_a_position_never_counted_gets_a_generous_variance() -> None:
 def test_a_learned_negative_loss_rate_never_raises_the_mean() -> None:
     gaining = replace(STORE, loss_mean=-0.05)
     assert on_hand_belief(10, 100, DAY_MS, gaining).mean == 10
-    assert explain(**inputs(10, units=100, accuracy=gaining)).loss_rate == 0.0
+    assert assess(**inputs(10, units=100, accuracy=gaining)).explanation.loss_rate == 0.0
 
 
 # --- freezing: phantom stock ---------------------------------------------------------------------
@@ -314,7 +313,6 @@ def test_a_dc_prior_is_more_accurate_than_a_store_prior() -> None:
 def test_same_inputs_same_outputs(kwargs: dict[str, Any], minimum: float) -> None:
     a, b = assess(**kwargs), assess(**kwargs)
     assert a == b and a.offerable(minimum) == b.offerable(minimum)
-    assert explain(**kwargs) == a.explanation
 
 
 def test_learning_is_deterministic() -> None:
