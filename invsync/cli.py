@@ -146,8 +146,20 @@ def simulate(
     out_of_order: Annotated[float, typer.Option(help="share of events delayed")] = 0.02,
     poison: Annotated[float, typer.Option(help="share of poison (undecodable) messages")] = 0.001,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same stream)")] = 7,
+    movements: Annotated[
+        float,
+        typer.Option(
+            help="WMS damage/adjustment movements per simulated second (receipts, transfers "
+            "and picks follow from sales and orders)"
+        ),
+    ] = 0.02,
+    reservations: Annotated[
+        float, typer.Option(help="online order lines (reservations) per simulated second; 0 = none")
+    ] = 0.1,
+    wms: Annotated[bool, typer.Option(help="produce WMS movements (--no-wms: none)")] = True,
 ) -> None:
-    """Produce a realistic stream of POS sales and cycle counts to the input topics."""
+    """Produce a realistic stream of POS sales, WMS movements, cycle counts and reservations
+    to the input topics."""
     from invsync import simulate as simulate_module
 
     config = simulate_module.SimulationConfig(
@@ -160,6 +172,9 @@ def simulate(
         out_of_order_share=out_of_order,
         poison_share=poison,
         seed=seed,
+        movements_per_second=movements,
+        reservations_per_second=reservations,
+        wms=wms,
     )
     simulate_module.run(_settings(), config, console=console)
 

@@ -1,4 +1,5 @@
-"""``invsync simulate``: a realistic stream of POS sales and cycle counts for the input topics.
+"""``invsync simulate``: a realistic stream of POS sales, cycle counts, WMS movements and
+reservations for the input topics.
 
 What the stream models
 ----------------------
@@ -6,16 +7,38 @@ What the stream models
   Zipf-like popularity (exponent :data:`ZIPF_EXPONENT`, ranks shuffled by the seed) and stores of
   unequal size (log-normal weights). Each store is replenished from one DC, each DC from a supplier.
 * **Hidden true stock** per sku-location, starting at a plausible level (days of cover of its
-  expected demand). It falls with sales and with unrecorded shrink (theft, damage: a small chance
-  after each sale at a store, and per DC shipment), rises with returns, and is replenished
-  (order-up-to) when it falls to a reorder point, after a lead time. Nobody sees it except through
-  the events below.
+  expected demand: sales, and at a DC also its stores' and its online orders'). It falls with
+  sales, picks and shrink, rises with returns, and is replenished (order-up-to) when it falls to
+  a reorder point, after a lead time. Nobody sees it except through the events below.
 * **POS sales** only at stores, as a non-homogeneous Poisson process in *simulated event time*:
   :attr:`SimulationConfig.sales_per_second` on average over the network, following a daily cycle
   (UTC hours; little at night, peaks at midday and in the evening, peak ~1.9x the mean). Basket
   quantities are mostly 1. A customer cannot buy what is not on the shelf: a sale is capped at the
   true stock, and at 0 it is a lost sale (no event) -- so phantom stock shows up as a key that
   stops selling. ~2% of POS events are returns (negative quantity, back on the shelf).
+* **WMS movements** (``wms.movements``, key ``sku|location``, source ``wms-<location>``; off with
+  ``wms=False``). Replenishment: a DC ships a store's order at once (``TRANSFER_OUT`` at the DC,
+  ``counterpart_location`` the store, a fresh ``transfer_id``) and the store books the same units
+  under the same ``transfer_id`` when they arrive 12-36 h later (``TRANSFER_IN``); a DC's own
+  orders arrive from the supplier after 3-5 days (``RECEIPT``). Online orders shipped from a DC
+  leave as one ``PICK`` (~70%) or ``SHIP`` -- never both, as both take units off on hand.
+  Shrink: ~30% of store shrink is written off as ``DAMAGE`` (the rest is unrecorded theft); a DC
+  loses a unit in ~0.3% of shipments, ~60% booked as ``DAMAGE`` and the rest found later by an
+  ``ADJUSTMENT`` (negative; a count of the key books it instead). Housekeeping, at
+  :attr:`SimulationConfig.movements_per_second` (flatter daily cycle): ``DAMAGE`` at stores and
+  DCs, ``ADJUSTMENT`` (the oldest unrecorded DC loss, or mis-slotted units found: positive), and
+  ~2% ``RELOCATE`` -- a type invsync does not know, dead-lettered (``unknown_movement_type``).
+* **Reservations** (``reservations.events``, key ``reservation_id``, source ``oms``, channel
+  ``web``): online order lines at :attr:`SimulationConfig.reservations_per_second` (flatter
+  daily cycle), ~75% at a DC, ~25% click & collect at a store, quantity 1-3. An order is taken
+  only if the location has the units free of other holds (else lost, no event). ``created`` has
+  ``expires_at`` 15-60 min later; then ~85% ``committed`` and ~10% ``released``, at least
+  :data:`RESERVATION_MIN_END_MS` after creation (so the out-of-order fault never puts an end
+  before its ``created``) and before the expiry; ~5% get no end event and expire. A commit is
+  followed by the units leaving: a ``PICK``/``SHIP`` at the DC 10 min-3 h later, or a POS sale
+  at the store at pick-up 30 min-6 h later (capped at the true stock: a short pick).
+  ~1% of order arrivals are instead a ``released`` for a reservation id nobody created
+  (dead-lettered, ``unknown_reservation``).
 * **Cycle counts** (``inventory.counts``), as-of snapshots of the true stock with occasional
   miscount noise (never negative), reported a few minutes after counting
   (``counted_at <= occurred_at``):
@@ -23,26 +46,31 @@ What the stream models
   from a known position; :attr:`SimulationConfig.opening_counts`), *periodic* counts (every key of
   a store every ~:data:`STORE_COUNT_DAYS` days, of a DC every ~:data:`DC_COUNT_DAYS` days, spread
   round-robin over time; less often for large assortments, so that periodic counts stay below
-  ~5% of the sales rate), and a *verification count* shortly after each replenishment receipt.
-* **Transport faults**, applied to the stream above: with probability ``duplicate_share`` an
-  output slot re-sends a record produced in the last few simulated minutes, byte-identical;
-  with probability ``out_of_order_share`` a record is held back and sent after later ones (up to
-  :data:`MAX_HOLD_MS` of simulated time); with probability ``poison_share`` a slot carries bytes
-  that are not Confluent-wire-format Avro (random bytes, an unknown schema id, a truncated header,
-  JSON) under a valid key. Together, event-time disorder stays inside the default 10-minute
-  lateness bound.
+  ~5% of the sales rate), and, only without the WMS stream (which then does not tell the worker
+  about receipts), a *verification count* shortly after each replenishment receipt.
+* **Transport faults**, applied to the whole stream above (every topic): with probability
+  ``duplicate_share`` an output slot re-sends a record produced in the last few simulated minutes,
+  byte-identical; with probability ``out_of_order_share`` a record is held back and sent after
+  later ones (up to :data:`MAX_HOLD_MS` of simulated time); with probability ``poison_share`` a
+  slot carries bytes that are not Confluent-wire-format Avro (random bytes, an unknown schema id,
+  a truncated header, JSON) on the topic and under the key of a recent record. Together,
+  event-time disorder stays inside the default 10-minute lateness bound.
+
+Record kinds (:data:`KINDS`): ``sale``, ``return``, ``count``, ``movement``, ``reservation``,
+``invalid`` (the deliberately bad ``RELOCATE`` movements and unknown-id releases), ``duplicate``
+and ``poison``.
 
 Limits
 ------
-* Only the two topics are produced: receipts, DC-to-store shipments and shrink are not published
-  (no WMS stream, no reservations), so the worker learns about them only through counts -- which
-  is why a verification count follows every receipt. A DC's recorded position therefore only
-  moves with its counts (its shipments to stores are invisible).
+* Shrink is never quarantined (no ``QUARANTINE``), receipts always match what was ordered, a
+  reservation never ends late (after its expiry) or twice, and no explicit ``expired`` event is
+  sent. Units in transit are in neither location's stock.
 * One time zone (UTC) for every store; no weekly or seasonal pattern, no promotions, no scan
   errors (one SKU scanned as another), no assortment changes.
 * Event time runs at the simulated pace regardless of the produce rate: at the defaults the
-  network sells ~1 event per simulated second, so 100,000 events span about a day that ends near
-  now (``start_ms=None`` starts one day ago). Much longer runs run into the future.
+  network produces ~1.4 events per simulated second (1 POS sale, 0.1 online order lines with
+  their ends and picks, movements), so 100,000 events span about 18 hours that start one day ago
+  (``start_ms=None``). Much longer runs run into the future.
 
 :func:`generate` is pure and deterministic (same config, same records; no Kafka). Pass
 ``start_ms`` explicitly for a reproducible stream: with ``None`` it depends on the wall clock.
@@ -76,7 +104,14 @@ from rich.table import Table
 
 from invsync.settings import Settings
 from streams import records
-from streams.topics import CYCLE_COUNTS, POS_SALES, TopicSpec, make_key
+from streams.topics import (
+    CYCLE_COUNTS,
+    POS_SALES,
+    RESERVATIONS,
+    WMS_MOVEMENTS,
+    TopicSpec,
+    make_key,
+)
 
 SECOND_MS = 1_000
 MINUTE_MS = 60 * SECOND_MS
@@ -111,6 +146,32 @@ MAX_HOLD_MS = 5 * MINUTE_MS  # out-of-order delay bound (inside the 10-minute la
 DUPLICATE_WINDOW_MS = 5 * MINUTE_MS  # duplicates re-send a record at most this old
 RECENT_MAX = 4096
 UNKNOWN_SCHEMA_ID = 0x7FFFFFFF
+# WMS movements (besides receipts and transfers, which follow from replenishment)
+STORE_DAMAGE_SHARE = 0.3  # share of store shrink written off as DAMAGE (the rest: unrecorded theft)
+DC_DAMAGE_SHARE = 0.6  # DC handling losses recorded as DAMAGE; the rest is found by an ADJUSTMENT
+DC_PICK_SHARE = 0.7  # order lines a DC reports as PICK, the rest as SHIP: one decrement, never both
+HOUSEKEEPING_MIX = (("damage_store", 0.30), ("damage_dc", 0.30), ("adjustment", 0.38),
+                    ("unknown", 0.02))  # fmt: skip
+UNKNOWN_MOVEMENT_TYPE = "RELOCATE"  # a bin-to-bin move invsync does not know: dead-lettered
+# Reservations (online order lines)
+ONLINE_FLAT = 0.4  # online orders follow a flatter daily cycle than stores: FLAT + (1-FLAT)*demand
+HOUSEKEEPING_FLAT = 0.5
+STORE_PICKUP_SHARE = 0.25  # click & collect at a store (committed -> a POS sale at pick-up)
+ORDER_QUANTITIES = (1, 2, 3)
+ORDER_CUM_WEIGHTS = (0.75, 0.95, 1.0)
+MEAN_ORDER_QUANTITY = 1.3
+RESERVATION_TTL_MS = (15 * MINUTE_MS, 60 * MINUTE_MS)  # created -> expires_at
+COMMIT_SHARE = 0.85
+RELEASE_SHARE = 0.10  # the rest (~5%) is left to expire: no end event
+# An end comes at least this long after its created, so the out-of-order fault (which holds a
+# record back at most MAX_HOLD_MS) never makes it arrive before the created.
+RESERVATION_MIN_END_MS = MAX_HOLD_MS + MINUTE_MS
+RESERVATION_END_MEAN_EXTRA_MS = 3 * MINUTE_MS  # mean of the exponential wait after the minimum
+UNKNOWN_RELEASE_SHARE = 0.01  # per order arrival: a release for a reservation nobody created
+DC_FULFIL_DELAY_MS = (10 * MINUTE_MS, 3 * HOUR_MS)  # committed -> PICK/SHIP at the DC
+STORE_PICKUP_DELAY_MS = (30 * MINUTE_MS, 6 * HOUR_MS)  # committed -> POS sale at the store
+ORDER_CHANNEL = "web"
+OMS_SOURCE = "oms"
 
 # Hourly (UTC) demand profile; normalised to mean 1 and interpolated linearly.
 _HOURLY = (
@@ -121,7 +182,11 @@ _MEAN = sum(_HOURLY) / len(_HOURLY)
 DAILY_PROFILE = tuple(weight / _MEAN for weight in _HOURLY)
 PEAK_FACTOR = max(DAILY_PROFILE)
 
-KINDS = ("sale", "return", "count", "duplicate", "poison")
+# "invalid": deliberately bad records (a release for an unknown reservation, an unknown movement
+# type) that decode but must be dead-lettered.
+KINDS = (
+    "sale", "return", "count", "movement", "reservation", "invalid", "duplicate", "poison",
+)  # fmt: skip
 
 
 def demand_factor(at_ms: float) -> float:
@@ -139,6 +204,12 @@ class SimulationConfig:
     ``events`` counts output records (duplicates and poison included; 0 = endless); ``rate`` is
     the produce rate in events per wall-clock second (0 = unthrottled). ``sales_per_second`` is
     the network's mean POS events per *simulated* second: it sets how fast event time advances.
+
+    ``wms`` publishes WMS movements (receipts, transfers, picks/ships, damage, adjustments);
+    ``movements_per_second`` is the mean rate of the *housekeeping* ones (DAMAGE, ADJUSTMENT and
+    a few of an unknown type) per simulated second -- receipts, transfers and order picks follow
+    from sales and orders. ``reservations_per_second`` is the mean rate of online order lines
+    (each a reservation ``created``, mostly followed by its end) per simulated second; 0 = none.
     """
 
     events: int = 100_000
@@ -153,6 +224,9 @@ class SimulationConfig:
     start_ms: int | None = None  # simulated start (UTC millis); None = now minus one day
     sales_per_second: float = 1.0
     opening_counts: bool = True
+    wms: bool = True
+    movements_per_second: float = 0.02
+    reservations_per_second: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.events >= 0, "events", "must be >= 0 (0 = endless)")
@@ -172,7 +246,19 @@ class SimulationConfig:
             "sales_per_second",
             "must be > 0",
         )
+        for name in ("movements_per_second", "reservations_per_second"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, name, f"must be >= 0, got {value}")
         _require(self.start_ms is None or self.start_ms >= 0, "start_ms", "must be >= 0")
+
+    def topics(self) -> list[TopicSpec]:
+        """The topics this configuration produces to."""
+        specs = [POS_SALES, CYCLE_COUNTS]
+        if self.wms:
+            specs.append(WMS_MOVEMENTS)
+        if self.reservations_per_second > 0:
+            specs.append(RESERVATIONS)
+        return specs
 
     def resolved_start_ms(self) -> int:
         if self.start_ms is not None:
@@ -199,7 +285,7 @@ class SimRecord:
     delay_ms: int = 0
 
 
-# --- the world: hidden stock, sales, replenishment, counts -------------------------------------
+# --- the world: hidden stock, sales, replenishment, orders, counts ------------------------------
 
 
 @dataclass(slots=True)
@@ -208,13 +294,25 @@ class _Stock:
     reorder_point: int
     order_up_to: int
     on_order: bool = False
+    promised: int = 0  # units held by open reservations or committed and not yet picked
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """A reservation the world created (its end, pick or expiry is scheduled)."""
+
+    reservation_id: str
+    sku: int
+    loc: int
+    quantity: int
+    expires_at: int
 
 
 @dataclass(order=True, slots=True)
 class _Action:
     at: int
     seq: int
-    kind: str = field(compare=False)  # count | verify | report | receipt
+    kind: str = field(compare=False)  # see _World._handle
     payload: Any = field(compare=False)
 
 
@@ -236,13 +334,20 @@ class _World:
         self.store_share = [size / sum(sizes) for size in sizes]
         self.store_cum = list(accumulate(self.store_share))
         self.units_per_day = config.sales_per_second * 86_400 * MEAN_UNITS_PER_SALE
+        self.order_units_per_day = (
+            config.reservations_per_second * 86_400 * MEAN_ORDER_QUANTITY * COMMIT_SHARE
+        )
         self.stock: dict[tuple[int, int], _Stock] = {}
         self.actions: list[_Action] = []
         self.seq = 0
         self.counters: Counter[str] = Counter()
         self.lost_sales = 0
+        self.lost_orders = 0  # online orders not taken: not enough free stock at the location
+        self.short_picks = 0  # committed units not on the shelf when picked
         self.count_order = [self._permutation(config.skus) for _ in self.locations]
         self.count_cursor = [0] * len(self.locations)
+        self.dc_drift: dict[tuple[int, int], int] = {}  # DC losses not recorded yet, oldest first
+        self.housekeeping_cum = list(accumulate(weight for _, weight in HOUSEKEEPING_MIX))
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -265,10 +370,14 @@ class _World:
         return len(self.stores) + store % len(self.dcs)
 
     def _daily_demand(self, sku: int, loc: int) -> float:
+        """Expected units per day out of ``loc``: sales and click & collect at a store; at a DC,
+        what its stores sell plus its share of the online orders it ships."""
+        store_units = self.units_per_day + self.order_units_per_day * STORE_PICKUP_SHARE
         if self._is_store(loc):
-            return self.units_per_day * self.sku_share[sku] * self.store_share[loc]
+            return store_units * self.sku_share[sku] * self.store_share[loc]
         served = sum(s for i, s in enumerate(self.store_share) if self._dc_of(i) == loc)
-        return self.units_per_day * self.sku_share[sku] * served
+        shipped = self.order_units_per_day * (1 - STORE_PICKUP_SHARE) / len(self.dcs)
+        return (store_units * served + shipped) * self.sku_share[sku]
 
     def _state(self, sku: int, loc: int) -> _Stock:
         stock = self.stock.get((sku, loc))
@@ -288,14 +397,36 @@ class _World:
         units = self.rng.randint(reorder_point + 1, order_up_to)
         return _Stock(units, reorder_point, order_up_to)
 
+    def _random_sku(self) -> int:
+        """A SKU drawn by popularity."""
+        return min(
+            bisect.bisect(self.sku_cum, self.rng.random() * self.sku_cum[-1]), len(self.skus) - 1
+        )
+
+    def _random_store(self) -> int:
+        """A store drawn by size."""
+        store = bisect.bisect(self.store_cum, self.rng.random() * self.store_cum[-1])
+        return min(store, len(self.stores) - 1)
+
+    def _random_dc(self) -> int:
+        return len(self.stores) + self.rng.randrange(len(self.dcs))
+
     # -- the event loop --------------------------------------------------------------------------
 
     def records(self) -> Iterator[tuple[int, SimRecord]]:
-        """Primary records (sales, returns, counts) as ``(event time, record)``, in event time."""
-        if self.config.opening_counts:
+        """Primary records (sales, returns, counts, movements, reservation events) as
+        ``(event time, record)``, in event time."""
+        config = self.config
+        if config.opening_counts:
             yield from self._opening_counts()
         self._schedule_periodic_counts()
-        next_sale = self._next_sale_after(float(self.start_ms))
+        start = float(self.start_ms)
+        if config.reservations_per_second > 0:
+            self._schedule_arrival(start, "order", config.reservations_per_second, ONLINE_FLAT)
+        if config.wms and config.movements_per_second > 0:
+            rate = config.movements_per_second
+            self._schedule_arrival(start, "housekeeping", rate, HOUSEKEEPING_FLAT)
+        next_sale = self._next_arrival(start, config.sales_per_second, 0.0)
         while True:
             if self.actions and self.actions[0].at <= next_sale:
                 action = heapq.heappop(self.actions)
@@ -304,7 +435,7 @@ class _World:
             else:
                 at = int(next_sale)
                 record = self._sale(at)
-                next_sale = self._next_sale_after(next_sale)
+                next_sale = self._next_arrival(next_sale, config.sales_per_second, 0.0)
             if record is not None:
                 yield at, record
 
@@ -312,34 +443,60 @@ class _World:
         self.seq += 1
         heapq.heappush(self.actions, _Action(at, self.seq, kind, payload))
 
+    def _emit(self, at: int, record: SimRecord) -> None:
+        """Output ``record`` at event time ``at`` (now or later), in event-time order."""
+        self._schedule(at, "report", record)
+
     def _handle(self, action: _Action) -> SimRecord | None:
-        if action.kind == "report":
-            record: SimRecord = action.payload
+        kind, at, payload = action.kind, action.at, action.payload
+        if kind == "report":
+            record: SimRecord = payload
             return record
-        if action.kind == "count":
-            self._periodic_count(action.at, action.payload)
-        elif action.kind == "verify":
-            sku, loc = action.payload
-            self._count(action.at, sku, loc)
-        elif action.kind == "receipt":
-            self._receive(action.at, *action.payload)
+        if kind == "count":
+            self._periodic_count(at, payload)
+        elif kind == "verify":
+            sku, loc = payload
+            self._count(at, sku, loc)
+        elif kind == "receipt":
+            self._receive(at, *payload)
+        elif kind == "order":
+            self._order(at)
+            self._schedule_arrival(at, kind, *payload)
+        elif kind == "housekeeping":
+            self._housekeeping(at)
+            self._schedule_arrival(at, kind, *payload)
+        elif kind == "end":
+            self._end_reservation(at, *payload)
+        elif kind == "expire":
+            self._release_promise(payload)
+        elif kind == "fulfil":
+            self._fulfil(at, payload)
         return None
 
-    def _next_sale_after(self, at: float) -> float:
-        """Next POS arrival after ``at``: thinning of a Poisson process at the peak intensity."""
-        peak_per_ms = self.config.sales_per_second * PEAK_FACTOR / SECOND_MS
+    def _next_arrival(self, at: float, per_second: float, flat: float) -> float:
+        """Next arrival after ``at`` of a Poisson process of mean ``per_second`` whose intensity
+        follows ``flat + (1 - flat) * demand_factor``: thinning at the peak intensity."""
+        peak = flat + (1 - flat) * PEAK_FACTOR
+        peak_per_ms = per_second * peak / SECOND_MS
         while True:
             at += self.rng.expovariate(peak_per_ms)
-            if self.rng.random() * PEAK_FACTOR < demand_factor(at):
+            if self.rng.random() * peak < flat + (1 - flat) * demand_factor(at):
                 return at
+
+    def _schedule_arrival(self, after: float, kind: str, per_second: float, flat: float) -> None:
+        at = self._next_arrival(after, per_second, flat)
+        self._schedule(max(int(after) + 1, int(at)), kind, (per_second, flat))
+
+    def _next_id(self, source: str) -> str:
+        self.counters[source] += 1
+        return f"{self.run_tag}-{self.counters[source]}"
 
     # -- sales -----------------------------------------------------------------------------------
 
     def _sale(self, at: int) -> SimRecord | None:
         rng = self.rng
-        store = bisect.bisect(self.store_cum, rng.random() * self.store_cum[-1])
-        store = min(store, len(self.stores) - 1)
-        sku = min(bisect.bisect(self.sku_cum, rng.random() * self.sku_cum[-1]), len(self.skus) - 1)
+        store = self._random_store()
+        sku = self._random_sku()
         stock = self._state(sku, store)
         if rng.random() < RETURN_SHARE:
             quantity = -2 if rng.random() < 0.1 else -1
@@ -366,17 +523,74 @@ class _World:
         )  # fmt: skip
         return SimRecord(POS_SALES, make_key(self.skus[sku], location), value, kind=kind)
 
-    def _next_id(self, source: str) -> str:
-        self.counters[source] += 1
-        return f"{self.run_tag}-{self.counters[source]}"
-
     def _maybe_shrink(self, at: int, store: int) -> None:
         if self.rng.random() >= SHRINK_PER_SALE:
             return
         sku = min(bisect.bisect(self.sku_cum, self.rng.random()), len(self.skus) - 1)
         stock = self._state(sku, store)
-        stock.units -= min(stock.units, self.rng.randint(1, 2))
+        lost = min(stock.units, self.rng.randint(1, 2))
+        stock.units -= lost
+        if lost and self.config.wms and self.rng.random() < STORE_DAMAGE_SHARE:
+            self._emit(at, self._movement(at, sku, store, "DAMAGE", lost))
         self._maybe_reorder(at, sku, store)
+
+    # -- WMS movements -----------------------------------------------------------------------------
+
+    def _movement(
+        self, at: int, sku: int, loc: int, movement_type: str, quantity: int, *,
+        transfer_id: str | None = None, counterpart: int | None = None, kind: str = "movement",
+    ) -> SimRecord:  # fmt: skip
+        location = self.locations[loc]
+        source = f"wms-{location}"
+        value = records.wms_movement(
+            self._next_id(source), source, self.skus[sku], location, at, movement_type, quantity,
+            transfer_id=transfer_id,
+            counterpart_location=None if counterpart is None else self.locations[counterpart],
+        )  # fmt: skip
+        return SimRecord(WMS_MOVEMENTS, make_key(self.skus[sku], location), value, kind=kind)
+
+    def _housekeeping(self, at: int) -> None:
+        """One DAMAGE, ADJUSTMENT or unknown-type movement (``movements_per_second``)."""
+        rng = self.rng
+        which = HOUSEKEEPING_MIX[bisect.bisect(self.housekeeping_cum, rng.random())][0]
+        if which == "damage_store":  # damaged or expired goods written off at a store
+            sku, loc = self._random_sku(), self._random_store()
+            stock = self._state(sku, loc)
+            lost = min(stock.units, rng.randint(1, 2))
+            if lost:
+                stock.units -= lost
+                self._emit(at, self._movement(at, sku, loc, "DAMAGE", lost))
+                self._maybe_reorder(at, sku, loc)
+        elif which == "damage_dc":  # broken in handling
+            sku, loc = self._random_sku(), self._random_dc()
+            stock = self._state(sku, loc)
+            lost = min(stock.units, rng.randint(1, 3))
+            if lost:
+                stock.units -= lost
+                self._emit(at, self._movement(at, sku, loc, "DAMAGE", lost))
+                self._maybe_reorder(at, sku, loc)
+        elif which == "adjustment":
+            self._adjustment(at)
+        else:  # a bin-to-bin move: no change of the DC's stock, a type invsync does not know
+            sku, loc = self._random_sku(), self._random_dc()
+            record = self._movement(
+                at, sku, loc, UNKNOWN_MOVEMENT_TYPE, rng.randint(1, 10), kind="invalid"
+            )
+            self._emit(at, record)
+
+    def _adjustment(self, at: int) -> None:
+        """A DC's inventory control finds its oldest unrecorded loss and books it (a negative
+        ADJUSTMENT; the stock itself does not change), or, with none to find, finds mis-slotted
+        units that become sellable again (a positive one)."""
+        if self.dc_drift:
+            (sku, loc), lost = next(iter(self.dc_drift.items()))
+            del self.dc_drift[(sku, loc)]
+            self._emit(at, self._movement(at, sku, loc, "ADJUSTMENT", -lost))
+            return
+        sku, loc = self._random_sku(), self._random_dc()
+        found = self.rng.randint(1, 3)
+        self._state(sku, loc).units += found
+        self._emit(at, self._movement(at, sku, loc, "ADJUSTMENT", found))
 
     # -- replenishment ---------------------------------------------------------------------------
 
@@ -387,28 +601,146 @@ class _World:
         stock.on_order = True
         wanted = stock.order_up_to - stock.units
         if self._is_store(loc):
-            quantity = self._ship_from_dc(at, sku, self._dc_of(loc), wanted)
+            dc = self._dc_of(loc)
+            quantity, transfer_id = self._ship_from_dc(at, sku, dc, loc, wanted)
             lead = self.rng.randint(*STORE_LEAD_MS)
+            self._schedule(at + lead, "receipt", (sku, loc, quantity, transfer_id, dc))
         else:
-            quantity, lead = wanted, self.rng.randint(*DC_LEAD_MS)
-        self._schedule(at + lead, "receipt", (sku, loc, quantity))
+            lead = self.rng.randint(*DC_LEAD_MS)
+            self._schedule(at + lead, "receipt", (sku, loc, wanted, None, None))
 
-    def _ship_from_dc(self, at: int, sku: int, dc: int, wanted: int) -> int:
+    def _ship_from_dc(
+        self, at: int, sku: int, dc: int, store: int, wanted: int
+    ) -> tuple[int, str | None]:
+        """Ship up to ``wanted`` units to ``store`` (a TRANSFER_OUT); the shipped units and the
+        transfer id (None when nothing could be shipped)."""
         stock = self._state(sku, dc)
         shipped = min(wanted, stock.units)
         stock.units -= shipped
+        transfer_id = None
+        if shipped > 0 and self.config.wms:
+            transfer_id = f"TR-{self._next_id('transfer')}"
+            record = self._movement(
+                at, sku, dc, "TRANSFER_OUT", shipped, transfer_id=transfer_id, counterpart=store
+            )
+            self._emit(at, record)
         if stock.units > 0 and self.rng.random() < DC_SHRINK_PER_SHIPMENT:
             stock.units -= 1
+            if self.config.wms:
+                if self.rng.random() < DC_DAMAGE_SHARE:
+                    self._emit(at, self._movement(at, sku, dc, "DAMAGE", 1))
+                else:
+                    self.dc_drift[(sku, dc)] = self.dc_drift.get((sku, dc), 0) + 1
         self._maybe_reorder(at, sku, dc)
-        return shipped
+        return shipped, transfer_id
 
-    def _receive(self, at: int, sku: int, loc: int, quantity: int) -> None:
+    def _receive(
+        self,
+        at: int,
+        sku: int,
+        loc: int,
+        quantity: int,
+        transfer_id: str | None,
+        origin: int | None,
+    ) -> None:
         stock = self._state(sku, loc)
         stock.units += quantity
         stock.on_order = False
         if quantity > 0:
-            self._schedule(at + self.rng.randint(*VERIFY_DELAY_MS), "verify", (sku, loc))
+            if not self.config.wms:  # the receipt is invisible: a count tells the worker
+                self._schedule(at + self.rng.randint(*VERIFY_DELAY_MS), "verify", (sku, loc))
+            elif transfer_id is not None:
+                record = self._movement(
+                    at, sku, loc, "TRANSFER_IN", quantity, transfer_id=transfer_id,
+                    counterpart=origin,
+                )  # fmt: skip
+                self._emit(at, record)
+            else:
+                self._emit(at, self._movement(at, sku, loc, "RECEIPT", quantity))
         self._maybe_reorder(at, sku, loc)
+
+    # -- online orders: reservations and their fulfilment ---------------------------------------
+
+    def _reservation_record(
+        self, at: int, reservation_id: str, action: str, sku: int, loc: int, quantity: int, *,
+        expires_at: int | None = None, kind: str = "reservation",
+    ) -> SimRecord:  # fmt: skip
+        value = records.reservation_event(
+            self._next_id(OMS_SOURCE), OMS_SOURCE, self.skus[sku], self.locations[loc], at,
+            reservation_id, action, quantity, expires_at=expires_at, channel=ORDER_CHANNEL,
+        )  # fmt: skip
+        return SimRecord(RESERVATIONS, reservation_id, value, kind=kind)
+
+    def _order(self, at: int) -> None:
+        """An online order line: a hold at a DC (shipped) or a store (click & collect) if the
+        location has the units free, then its end (commit, release) or its expiry."""
+        rng = self.rng
+        if rng.random() < UNKNOWN_RELEASE_SHARE:  # e.g. a retried release from another system
+            sku = self._random_sku()
+            loc = self._random_store() if rng.random() < STORE_PICKUP_SHARE else self._random_dc()
+            self.counters["unknown-release"] += 1
+            rid = f"R-{self.run_tag}-U{self.counters['unknown-release']}"
+            record = self._reservation_record(
+                at, rid, "released", sku, loc, rng.randint(1, 3), kind="invalid"
+            )
+            self._emit(at, record)
+            return
+        sku = self._random_sku()
+        loc = self._random_store() if rng.random() < STORE_PICKUP_SHARE else self._random_dc()
+        quantity = ORDER_QUANTITIES[bisect.bisect(ORDER_CUM_WEIGHTS, rng.random())]
+        stock = self._state(sku, loc)
+        if stock.units - stock.promised < quantity:
+            self.lost_orders += 1
+            return
+        stock.promised += quantity
+        hold = _Hold(
+            f"R-{self._next_id('reservation')}", sku, loc, quantity,
+            at + rng.randint(*RESERVATION_TTL_MS),
+        )  # fmt: skip
+        created = self._reservation_record(
+            at, hold.reservation_id, "created", sku, loc, quantity, expires_at=hold.expires_at
+        )
+        self._emit(at, created)
+        roll = rng.random()
+        if roll >= COMMIT_SHARE + RELEASE_SHARE:  # left to expire: no end event
+            self._schedule(hold.expires_at, "expire", hold)
+            return
+        wait = RESERVATION_MIN_END_MS + int(rng.expovariate(1 / RESERVATION_END_MEAN_EXTRA_MS))
+        end_at = min(at + wait, hold.expires_at - MINUTE_MS)
+        action = "committed" if roll < COMMIT_SHARE else "released"
+        self._schedule(end_at, "end", (hold, action))
+
+    def _end_reservation(self, at: int, hold: _Hold, action: str) -> None:
+        record = self._reservation_record(
+            at, hold.reservation_id, action, hold.sku, hold.loc, hold.quantity
+        )
+        self._emit(at, record)
+        if action == "released":
+            self._release_promise(hold)
+            return
+        delay = STORE_PICKUP_DELAY_MS if self._is_store(hold.loc) else DC_FULFIL_DELAY_MS
+        self._schedule(at + self.rng.randint(*delay), "fulfil", hold)
+
+    def _release_promise(self, hold: _Hold) -> None:
+        stock = self._state(hold.sku, hold.loc)
+        stock.promised -= hold.quantity
+
+    def _fulfil(self, at: int, hold: _Hold) -> None:
+        """A committed order leaves: a POS sale at pick-up in a store, a PICK or SHIP at a DC
+        (never both: both take units off on hand). What is not on the shelf is a short pick."""
+        self._release_promise(hold)
+        stock = self._state(hold.sku, hold.loc)
+        quantity = min(hold.quantity, stock.units)
+        self.short_picks += hold.quantity - quantity
+        if quantity <= 0:
+            return
+        stock.units -= quantity
+        if self._is_store(hold.loc):
+            self._emit(at, self._sale_record(at, hold.sku, hold.loc, quantity, "sale"))
+        elif self.config.wms:
+            kind = "PICK" if self.rng.random() < DC_PICK_SHARE else "SHIP"
+            self._emit(at, self._movement(at, hold.sku, hold.loc, kind, quantity))
+        self._maybe_reorder(at, hold.sku, hold.loc)
 
     # -- counts ----------------------------------------------------------------------------------
 
@@ -442,6 +774,7 @@ class _World:
         self._schedule(at + max(1, int(gap)), "count", loc)
 
     def _count(self, counted_at: int, sku: int, loc: int) -> None:
+        self.dc_drift.pop((sku, loc), None)  # the count books what was lost unrecorded
         reported_at = counted_at + self.rng.randint(*REPORT_DELAY_MS)
         record = self._count_record(counted_at, reported_at, sku, loc)
         self._schedule(reported_at, "report", record)
@@ -520,15 +853,23 @@ class _Faults:
         recent = self.recent
         while recent and recent[0][0] < self.clock - DUPLICATE_WINDOW_MS:
             recent.popleft()
-        if not recent:
-            return None
-        original = recent[self.rng.randrange(len(recent))][1]
-        return SimRecord(original.spec, original.key, original.value, kind="duplicate")
+        oldest = self.clock - DUPLICATE_WINDOW_MS
+        for _ in range(3 if recent else 0):  # records released late sit among newer ones
+            at, original = recent[self.rng.randrange(len(recent))]
+            if at >= oldest:
+                return SimRecord(original.spec, original.key, original.value, kind="duplicate")
+        return None
 
     def _poison(self) -> SimRecord:
+        """Bytes that are not wire-format Avro, on the topic and under the key of a recent record
+        (so poison spreads over the topics like the traffic does)."""
         rng = self.rng
-        spec = POS_SALES if rng.random() < 0.8 else CYCLE_COUNTS
-        key = make_key(rng.choice(self.world.skus), rng.choice(self.world.locations))
+        if self.recent:
+            sample = self.recent[rng.randrange(len(self.recent))][1]
+            spec, key = sample.spec, sample.key
+        else:
+            spec = POS_SALES if rng.random() < 0.8 else CYCLE_COUNTS
+            key = make_key(rng.choice(self.world.skus), rng.choice(self.world.locations))
         variant = rng.randrange(4)
         if variant == 0:  # random bytes, no magic byte
             raw = bytes([rng.randint(1, 255)]) + rng.randbytes(rng.randint(0, 40))
@@ -649,9 +990,9 @@ def _check_ready(producer: Any, settings: Settings, topics: list[str]) -> None:
         )
 
 
-def _register(codec: Any, settings: Settings) -> None:
+def _register(codec: Any, settings: Settings, specs: list[TopicSpec]) -> None:
     try:
-        codec.register_all([POS_SALES, CYCLE_COUNTS])
+        codec.register_all(specs)
     except Exception as exc:
         raise SimulationFailed(
             f"schema registry at {settings.schema_registry_url} (INVSYNC_SCHEMA_REGISTRY_URL) "
@@ -683,8 +1024,11 @@ def _progress(console: Console) -> Progress:
 class _Run:
     """One produce run: the producer, the codec, and what was sent so far."""
 
-    def __init__(self, settings: Settings, producer: Any, codec: Any) -> None:
-        self.names = {spec.name: spec.full_name(settings) for spec in (POS_SALES, CYCLE_COUNTS)}
+    def __init__(
+        self, settings: Settings, producer: Any, codec: Any, specs: list[TopicSpec]
+    ) -> None:
+        self.specs = specs
+        self.names = {spec.name: spec.full_name(settings) for spec in specs}
         self.producer = producer
         self.codec = codec
         self.deliveries = _Deliveries()
@@ -764,9 +1108,9 @@ def _run(settings: Settings, config: SimulationConfig, console: Console) -> Simu
     from streams.codec import Codec
 
     producer = Producer(producer_config(settings))
-    producing = _Run(settings, producer, Codec(settings))
+    producing = _Run(settings, producer, Codec(settings), config.topics())
     _check_ready(producer, settings, list(producing.names.values()))
-    _register(producing.codec, settings)
+    _register(producing.codec, settings, producing.specs)
     producing.started = time.monotonic()
     interrupted = False
     try:

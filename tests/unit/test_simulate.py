@@ -14,12 +14,32 @@ from fastavro.validation import validate
 
 from invsync.simulate import (
     MAX_HOLD_MS,
+    RESERVATION_TTL_MS,
+    UNKNOWN_MOVEMENT_TYPE,
     SimRecord,
     SimulationConfig,
     demand_factor,
     generate,
 )
-from streams.topics import CYCLE_COUNTS, POS_SALES, make_key, schema_text
+from state.events import MOVEMENT_SIGNS, InvalidEvent, movement_from_record
+from state.reservations import (
+    UNKNOWN_RESERVATION,
+    ExpiryIndex,
+    Outcome,
+    Reservation,
+    apply_reservation,
+    expire_due,
+    reservation_from_record,
+)
+from streams.topics import (
+    CYCLE_COUNTS,
+    INPUTS,
+    POS_SALES,
+    RESERVATIONS,
+    WMS_MOVEMENTS,
+    make_key,
+    schema_text,
+)
 
 START = 1_700_006_400_000  # 2023-11-15T00:00:00Z
 LATENESS_MS = 600_000  # the default lateness bound: disorder must stay inside it
@@ -48,6 +68,16 @@ def records(**overrides: object) -> tuple[SimRecord, ...]:
 
 
 @cache
+def long_records() -> tuple[SimRecord, ...]:
+    """Several simulated days at low rates: every movement type, transfers that arrive, and the
+    whole lifecycle of many reservations, with every fault at a high share."""
+    return records(
+        events=40_000, sales_per_second=0.05, reservations_per_second=0.01,
+        movements_per_second=0.004,
+    )  # fmt: skip
+
+
+@cache
 def parsed_schema(stem: str) -> Any:
     return fastavro.parse_schema(orjson.loads(schema_text(stem)))
 
@@ -58,6 +88,7 @@ def effective_at(value: dict) -> int:
 
 def test_same_seed_same_stream_other_seed_other_stream() -> None:
     assert records() == tuple(generate(config()))
+    assert {r.spec.name for r in records()} == {spec.name for spec in INPUTS}
     other = records(seed=12)
     assert [r.value for r in other[:2000]] != [r.value for r in records()[:2000]]
 
@@ -86,7 +117,8 @@ def test_fault_shares_are_roughly_as_configured() -> None:
 
 def test_no_faults_when_shares_are_zero() -> None:
     recs = records(duplicate_share=0.0, out_of_order_share=0.0, poison_share=0.0)
-    assert {r.kind for r in recs} <= {"sale", "return", "count"}
+    assert {r.kind for r in recs} <= {"sale", "return", "count", "movement", "reservation",
+                                      "invalid"}  # fmt: skip
     times = [r.value["occurred_at"] for r in recs if r.value]
     assert times == sorted(times)
 
@@ -96,7 +128,7 @@ def test_every_value_validates_against_its_schema() -> None:
         if record.kind == "poison":
             continue
         assert record.raw is None
-        assert record.spec in (POS_SALES, CYCLE_COUNTS)
+        assert record.spec in INPUTS
         schema = parsed_schema(record.spec.schema)
         fields = {f["name"] for f in orjson.loads(schema_text(record.spec.schema))["fields"]}
         assert record.value is not None
@@ -104,13 +136,27 @@ def test_every_value_validates_against_its_schema() -> None:
         assert validate(record.value, schema, raise_errors=True)
 
 
-def test_keys_match_values() -> None:
-    for record in records():
-        sku, location = record.key.split("|")
-        assert sku.startswith("SKU")
-        assert location.startswith(("S", "DC"))
+def assert_key_convention(record: SimRecord) -> None:
+    """``sku|location`` on the position topics, the reservation id on reservation events."""
+    if record.spec == RESERVATIONS:
+        assert record.key.startswith("R-")
+        assert "|" not in record.key
         if record.value is not None:
-            assert record.key == make_key(record.value["sku"], record.value["location"])
+            assert record.key == record.value["reservation_id"]
+        return
+    sku, location = record.key.split("|")
+    assert sku.startswith("SKU")
+    assert location.startswith(("S", "DC"))
+    if record.value is not None:
+        assert record.key == make_key(record.value["sku"], record.value["location"])
+
+
+def test_keys_match_values() -> None:
+    for recs in (records(), long_records()):
+        for record in recs:
+            assert_key_convention(record)
+    poisoned = {r.spec.name for r in long_records() if r.kind == "poison"}
+    assert poisoned == {spec.name for spec in INPUTS}
 
 
 def test_counts_are_as_of_snapshots_and_never_negative() -> None:
@@ -168,8 +214,7 @@ def test_poison_is_not_wire_format_avro_but_has_a_valid_key() -> None:
     for record in poison:
         assert record.value is None
         assert record.raw
-        sku, location = record.key.split("|")
-        assert sku and location
+        assert_key_convention(record)
         raw = record.raw
         if raw[0] != 0:
             variants.add("json" if raw.startswith(b"{") else "random")
@@ -228,10 +273,10 @@ def test_opening_counts_cover_every_key_before_the_first_sale() -> None:
     assert first_sale is not None and first_sale["occurred_at"] >= START
 
 
-def test_the_stream_spans_about_a_day_at_the_defaults() -> None:
+def test_the_stream_spans_most_of_a_day_at_the_defaults() -> None:
     recs = list(generate(SimulationConfig(start_ms=START)))
     times = [r.value["occurred_at"] for r in recs if r.value is not None]
-    assert 18 * HOUR < max(times) - START < 30 * HOUR
+    assert 15 * HOUR < max(times) - START < 30 * HOUR
 
 
 def test_start_defaults_to_a_day_ago() -> None:
@@ -255,9 +300,209 @@ def test_start_defaults_to_a_day_ago() -> None:
         ("out_of_order_share", -0.1),
         ("poison_share", 1.5),
         ("sales_per_second", 0.0),
+        ("movements_per_second", -0.1),
+        ("reservations_per_second", float("nan")),
         ("start_ms", -5),
     ],
 )
 def test_invalid_options_are_rejected_by_name(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
         config(**{option: value})
+
+
+# --- WMS movements and reservations -----------------------------------------------------------
+
+
+def test_every_movement_parses_except_the_unknown_type() -> None:
+    types: Counter[str] = Counter()
+    for record in long_records():
+        if record.spec != WMS_MOVEMENTS or record.value is None:
+            continue
+        movement_type = record.value["movement_type"]
+        types[movement_type] += 1
+        if movement_type == UNKNOWN_MOVEMENT_TYPE:
+            assert record.kind in ("invalid", "duplicate")
+            with pytest.raises(InvalidEvent) as caught:
+                movement_from_record(record.value)
+            assert caught.value.reason == "unknown_movement_type"
+            continue
+        assert record.kind in ("movement", "duplicate")
+        event = movement_from_record(record.value)
+        assert event.key == record.key
+        assert event.source == f"wms-{record.value['location']}"
+        assert abs(event.quantity) == abs(record.value["quantity"]) > 0
+        if movement_type != "ADJUSTMENT":
+            assert event.quantity == MOVEMENT_SIGNS[movement_type] * record.value["quantity"]
+    assert set(types) == {*MOVEMENT_SIGNS} - {"QUARANTINE"} | {UNKNOWN_MOVEMENT_TYPE}
+
+
+def test_movements_happen_where_they_belong() -> None:
+    for record in long_records():
+        if record.spec != WMS_MOVEMENTS or record.value is None:
+            continue
+        value = record.value
+        at_dc = value["location"].startswith("DC")
+        if value["movement_type"] in ("RECEIPT", "TRANSFER_OUT", "PICK", "SHIP", "RELOCATE"):
+            assert at_dc
+        elif value["movement_type"] == "TRANSFER_IN":
+            assert not at_dc
+            assert value["counterpart_location"].startswith("DC")
+
+
+def test_transfers_pair_up() -> None:
+    """Every TRANSFER_IN (at a store) follows, in the stream, the TRANSFER_OUT (at its DC) with
+    the same transfer id and quantity; a transfer id is shipped once."""
+    shipped: dict[str, tuple[str, str, str, int]] = {}
+    received = 0
+    for record in long_records():
+        value = record.value
+        if record.spec != WMS_MOVEMENTS or value is None or record.kind == "duplicate":
+            continue
+        if value["movement_type"] == "TRANSFER_OUT":
+            assert value["transfer_id"] not in shipped
+            shipped[value["transfer_id"]] = (
+                value["sku"], value["location"], value["counterpart_location"], value["quantity"]
+            )  # fmt: skip
+        elif value["movement_type"] == "TRANSFER_IN":
+            received += 1
+            sku, dc, store, quantity = shipped.pop(value["transfer_id"])
+            assert (sku, store, quantity) == (value["sku"], value["location"], value["quantity"])
+            assert value["counterpart_location"] == dc
+        else:
+            assert value["transfer_id"] is None
+    assert received > 100
+    assert shipped  # some still in transit at the end
+
+
+def fold_reservations(recs: tuple[SimRecord, ...]) -> dict[str, Reservation]:
+    """Fold the reservation events as the worker does, in arrival order, expiring holds by stream
+    time; check each event's outcome against what the simulator meant by it."""
+    table: dict[str, Reservation] = {}
+    index = ExpiryIndex()
+    invalid: set[tuple[str, str]] = set()
+    stream_time = 0
+    for record in recs:
+        if record.spec != RESERVATIONS or record.value is None:
+            continue
+        event = reservation_from_record(record.value)  # raises on a malformed one
+        assert record.key == event.reservation_id
+        step = apply_reservation(table.get(event.reservation_id), event)
+        if record.kind == "invalid":  # a release for a reservation nobody created
+            invalid.add(event.identity)
+            assert (step.outcome, step.reason) == (Outcome.REJECTED, UNKNOWN_RESERVATION)
+        elif record.kind == "duplicate":
+            if event.identity in invalid:
+                assert (step.outcome, step.reason) == (Outcome.REJECTED, UNKNOWN_RESERVATION)
+            else:
+                assert step.outcome is Outcome.DUPLICATE
+        else:
+            assert record.kind == "reservation"
+            assert step.outcome is Outcome.APPLIED, (step, event)
+        if step.state is not None:
+            table[event.reservation_id] = step.state
+            index.track(step.state)
+        stream_time = max(stream_time, event.occurred_at)
+        due = [table[rid] for rid in index.pop_due(stream_time)]
+        for expired in expire_due(due, stream_time):
+            assert expired.state is not None
+            table[expired.state.reservation_id] = expired.state
+    return table
+
+
+def test_reservations_follow_their_lifecycle() -> None:
+    """Created, then at most one end, in time; the only rejections are the deliberate ones."""
+    for recs in (long_records(), records()):
+        table = fold_reservations(recs)
+        statuses = Counter(r.status.value for r in table.values())
+        assert statuses["committed"] > 5 * statuses["released"] > 0
+        assert statuses["expired"] > 0
+
+
+def test_reservation_events_are_well_formed() -> None:
+    created: dict[str, dict[str, Any]] = {}
+    ends: Counter[str] = Counter()
+    for record in long_records():
+        value = record.value
+        if record.spec != RESERVATIONS or value is None or record.kind != "reservation":
+            continue
+        assert value["source"] == "oms"
+        assert value["channel"] == "web"
+        assert 1 <= value["quantity"] <= 3
+        rid = value["reservation_id"]
+        if value["action"] == "created":
+            assert rid not in created
+            ttl = value["expires_at"] - value["occurred_at"]
+            assert RESERVATION_TTL_MS[0] <= ttl <= RESERVATION_TTL_MS[1]
+            created[rid] = value
+        else:
+            assert value["action"] in ("committed", "released")
+            assert value["expires_at"] is None
+            hold = created[rid]  # its created came first, even with out-of-order delivery
+            assert (value["sku"], value["location"], value["quantity"]) == (
+                hold["sku"], hold["location"], hold["quantity"]
+            )  # fmt: skip
+            assert hold["occurred_at"] + MAX_HOLD_MS < value["occurred_at"] < hold["expires_at"]
+            ends[rid] += 1
+    assert max(ends.values()) == 1
+    assert 0.85 < len(ends) / len(created) < 0.99  # the rest is left to expire
+    locations = Counter(v["location"][:2] for v in created.values())
+    assert locations["DC"] > locations["S0"] > 0
+
+
+def test_commits_are_followed_by_a_pick_or_a_sale_at_that_location() -> None:
+    recs = records(
+        events=40_000, sales_per_second=0.05, reservations_per_second=0.01,
+        movements_per_second=0.004, duplicate_share=0.0, out_of_order_share=0.0,
+        poison_share=0.0,
+    )  # fmt: skip
+    last = max(r.value["occurred_at"] for r in recs if r.value is not None)
+    commits: list[tuple[str, int]] = []
+    departures: dict[str, list[int]] = {}
+    for record in recs:
+        value = record.value
+        if value is None:
+            continue
+        if record.spec == RESERVATIONS and value["action"] == "committed":
+            if value["occurred_at"] < last - 7 * HOUR:  # its pick-up has happened by the end
+                commits.append((make_key(value["sku"], value["location"]), value["occurred_at"]))
+        elif record.kind == "sale" or (
+            record.spec == WMS_MOVEMENTS and value["movement_type"] in ("PICK", "SHIP")
+        ):
+            departures.setdefault(record.key, []).append(value["occurred_at"])
+    assert commits
+    followed = sum(
+        any(at < left <= at + 6 * HOUR for left in departures.get(key, ())) for key, at in commits
+    )
+    assert followed / len(commits) > 0.97  # the rest: short picks (the shelf was empty)
+
+
+def test_rates_of_the_new_streams_follow_the_options() -> None:
+    def kinds(**overrides: object) -> Counter[tuple[str, str]]:
+        recs = records(events=15_000, opening_counts=False, **overrides)
+        return Counter((r.spec.name, r.kind) for r in recs)
+
+    base = kinds()
+    assert base[("reservations.events", "reservation")] > 0
+    assert base[("wms.movements", "movement")] > 0
+    none = kinds(reservations_per_second=0.0, wms=False)
+    assert {spec for spec, _ in none} == {"pos.sales", "inventory.counts"}
+    more = kinds(reservations_per_second=0.3, movements_per_second=0.2)
+    sales = ("pos.sales", "sale")
+    for spec in ("reservations.events", "wms.movements"):
+        assert more[(spec, "reservation" if spec[0] == "r" else "movement")] / more[sales] > 2 * (
+            base[(spec, "reservation" if spec[0] == "r" else "movement")] / base[sales]
+        )
+
+
+def test_without_wms_receipts_are_verified_by_counts() -> None:
+    with_wms = Counter(r.kind for r in long_records())
+    without = Counter(r.kind for r in records(
+        events=40_000, sales_per_second=0.05, reservations_per_second=0.01, wms=False
+    ))  # fmt: skip
+    assert without["movement"] == 0
+    assert without["count"] > with_wms["count"]
+
+
+def test_topics_of_a_config() -> None:
+    assert config().topics() == [POS_SALES, CYCLE_COUNTS, WMS_MOVEMENTS, RESERVATIONS]
+    assert config(wms=False, reservations_per_second=0.0).topics() == [POS_SALES, CYCLE_COUNTS]
