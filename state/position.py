@@ -116,6 +116,25 @@ class Position:
         return self.settled.applied + len(self.pending)
 
 
+class SettledCount(NamedTuple):
+    """A count as it settled (passed the horizon, or arrived late): the evidence it gives about
+    the location's accuracy. ``discrepancy`` = counted - recorded as of ``counted_at``."""
+
+    event: StockEvent
+    recorded: int  # on hand recorded as of counted_at, before the count
+    discrepancy: int
+    units_moved: int  # units moved since the previous count, up to this one
+    previous_count_at: int | None  # None: the position's first count
+
+
+def _settled_count(before: Ledger, after: Ledger, event: StockEvent) -> SettledCount | None:
+    took_effect = (after.last_count_at, after.last_count_id) == (event.effective_at, event.ref)
+    if event.kind is not Kind.COUNT or not took_effect:
+        return None  # not a count, or superseded by a newer one
+    return SettledCount(event, before.on_hand, event.quantity - before.on_hand,
+                        before.moved_since_count, before.last_count_at)  # fmt: skip
+
+
 class OpenPosition:
     """A position while events fold into it: mutable, with an index of the ids it has seen and
     the current view kept up to date when events arrive in order.
@@ -123,9 +142,11 @@ class OpenPosition:
     :meth:`close` returns the position to store and leaves this object equal to
     ``OpenPosition(closed)``, so a caller may keep it open across batches (a cache) instead of
     reopening the stored value. The cost per event is O(log n) plus a list insert, not a copy.
+    Counts that settle are collected in ``settled_counts`` for the caller to take.
     """
 
-    __slots__ = ("_view", "horizon", "ids", "pending", "settled", "settled_ids", "stream_time")
+    __slots__ = ("_view", "horizon", "ids", "pending", "settled", "settled_counts", "settled_ids",
+                 "stream_time")  # fmt: skip
 
     def __init__(self, position: Position) -> None:
         self.settled = position.settled
@@ -136,6 +157,7 @@ class OpenPosition:
         self.ids = {(e.source, e.event_id) for e in self.pending}
         self.ids.update((src, eid) for src, eid, _ in self.settled_ids)
         self._view: Ledger | None = None
+        self.settled_counts: list[SettledCount] = []
 
     @property
     def version(self) -> int:
@@ -163,7 +185,9 @@ class OpenPosition:
         self.ids.add(ident)
         pending = self.pending
         if event.effective_at < self.horizon:
-            self.settled = apply(self.settled, event, late=True)
+            before, self.settled = self.settled, apply(self.settled, event, late=True)
+            if (counted := _settled_count(before, self.settled, event)) is not None:
+                self.settled_counts.append(counted)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             self._view = None
             outcome = Outcome.LATE
@@ -193,7 +217,9 @@ class OpenPosition:
         settled = self.settled
         while cut < len(pending) and pending[cut].effective_at < horizon:
             event = pending[cut]
-            settled = apply(settled, event)
+            before, settled = settled, apply(settled, event)
+            if event.kind is Kind.COUNT and (counted := _settled_count(before, settled, event)):
+                self.settled_counts.append(counted)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             cut += 1
         if cut:

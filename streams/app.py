@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any, cast
 
 import faust
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from invsync.settings import Settings
 from streams import health, metrics, topics
-from streams.codec import Codec
+from streams.codec import Codec, DecodeError
 from streams.consumer import PromptConsumer
 from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 POSITIONS_TABLE = "positions"
 RESERVATIONS_TABLE = "reservations"
+DISCREPANCIES_TABLE = "count-discrepancies"
 MAX_IN_FLIGHT_BATCHES = 4  # folded, not yet acknowledged by the broker: bounds memory and redo
 
 
@@ -104,6 +106,36 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     app.agent(reservation_events, name="holds")(
         _batched(app, settings, outputs, stores, progress, holds.process)
     )
+
+    # Count discrepancies per location, kept 90 days in daily event-time windows (by counted_at,
+    # not the record's timestamp). Values: count_id -> [discrepancy, units moved], so a count
+    # delivered more than once is kept once.
+    discrepancies_topic = topics.COUNT_DISCREPANCIES.full_name(settings)
+
+    def counted_at(event: EventT | None) -> float:
+        if event is None:
+            raise RuntimeError("count discrepancy windows are used only inside the agent")
+        return float(codec.decode(discrepancies_topic, event.value)["counted_at"]) / 1000
+
+    discrepancy_windows = (
+        app.Table(DISCREPANCIES_TABLE, default=dict, partitions=settings.partitions)
+        .tumbling(timedelta(days=1), expires=timedelta(days=90))
+        .clone(relative_to=counted_at)
+    )
+
+    @app.agent(raw_topic(discrepancies_topic), name="discrepancies")
+    async def keep_discrepancies(stream: faust.StreamT) -> None:
+        async for event in stream.events():  # per event: Faust's table API needs it
+            try:
+                record = codec.decode(event.message.topic, event.value)
+            except DecodeError as exc:  # our own topic: a bug, not input data
+                log.error(
+                    "undecodable count discrepancy at offset %s: %s", event.message.offset, exc
+                )
+                continue
+            day = dict(discrepancy_windows[record["location"]].value())
+            day[record["count_id"]] = [record["discrepancy"], record["units_moved"]]
+            discrepancy_windows[record["location"]] = day
 
     @app.timer(1.0)
     async def expire_idle_holds() -> None:

@@ -35,7 +35,7 @@ import orjson
 from faust.types import TP, EventT, TableT
 
 from invsync.settings import Settings
-from state.availability import Availability, project
+from state.availability import Availability, location_type, project
 from state.events import (
     InvalidEvent,
     StockEvent,
@@ -44,7 +44,7 @@ from state.events import (
     reserved_delta_from_record,
     sale_from_record,
 )
-from state.position import OpenPosition, Position, from_primitive, to_primitive
+from state.position import OpenPosition, Position, SettledCount, from_primitive, to_primitive
 from streams import metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter, send_dead_letters
@@ -98,6 +98,7 @@ class BatchFolder:
         self.outputs = outputs
         self.availability = availability
         self.dead_letters = dead_letters
+        self.discrepancies = topics.COUNT_DISCREPANCIES.full_name(settings)
         self.parsers: dict[str, Parser] = {
             topics.POS_SALES.full_name(settings): sale_from_record,
             topics.WMS_MOVEMENTS.full_name(settings): movement_from_record,
@@ -174,6 +175,10 @@ class BatchFolder:
         for key, entry in changed:
             self._publish(key, entry.position, ticket)
             ticket.published_at.append(entry.event.message.timestamp)
+        for entry in touched.values():
+            for settled in entry.position.settled_counts:
+                self._report_count(settled, ticket)
+            entry.position.settled_counts.clear()
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
         """The event as the domain sees it, or None after adding its dead letter."""
@@ -242,6 +247,18 @@ class BatchFolder:
                 first = False
             value = self.codec.encode(topics.availability(channel), availability.to_record())
             self.outputs.produce(ticket, topic, key, value)
+
+    def _report_count(self, settled: SettledCount, ticket: Ticket) -> None:
+        count = settled.event
+        record = {
+            "count_id": count.ref, "sku": count.sku, "location": count.location,
+            "location_type": location_type(count.location), "counted_at": count.effective_at,
+            "counted": count.quantity, "recorded": settled.recorded,
+            "discrepancy": settled.discrepancy, "units_moved": settled.units_moved,
+            "previous_count_at": settled.previous_count_at,
+        }  # fmt: skip
+        value = self.codec.encode(topics.COUNT_DISCREPANCIES, record)
+        self.outputs.produce(ticket, self.discrepancies, count.location.encode(), value)
 
     def _observe_model(self, key: bytes, availability: Availability) -> None:
         kind = availability.location_type

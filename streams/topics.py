@@ -55,6 +55,9 @@ WMS_MOVEMENTS = TopicSpec("wms.movements", "wms_movement", "sku|location", "inpu
 CYCLE_COUNTS = TopicSpec("inventory.counts", "cycle_count", "sku|location", "input")
 RESERVATIONS = TopicSpec("reservations.events", "reservation_event", "reservation_id", "input")
 RESERVED_DELTAS = TopicSpec("invsync.reserved-deltas", "reserved_delta", "sku|location", "internal")
+COUNT_DISCREPANCIES = TopicSpec(
+    "invsync.count-discrepancies", "count_discrepancy", "location", "output"
+)
 ERP_STOCK_DELTAS = TopicSpec("erp.stock-deltas", "erp_stock_delta", "sku|location", "output")
 DEAD_LETTERS = TopicSpec("invsync.dead-letters", "dead_letter", "source topic", "error")
 
@@ -71,7 +74,7 @@ def availability(channel: str) -> TopicSpec:
 def all_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the deployment needs (table changelogs are created by the worker's app)."""
     outputs = [availability(channel) for channel in settings.channels]
-    return [*INPUTS, RESERVED_DELTAS, *outputs, ERP_STOCK_DELTAS, DEAD_LETTERS]
+    return [*INPUTS, RESERVED_DELTAS, *outputs, COUNT_DISCREPANCIES, ERP_STOCK_DELTAS, DEAD_LETTERS]
 
 
 @cache

@@ -50,6 +50,13 @@ def produce(
 def read_all(settings: Settings, topic: str, timeout_s: float = 20) -> list[dict[str, Any]]:
     """Every record of ``topic`` up to its current end, decoded, in partition/offset order."""
     codec = Codec(settings)
+    return read_all_with(settings, topic, lambda data: codec.decode(topic, data), timeout_s)
+
+
+def read_all_with(
+    settings: Settings, topic: str, decode: Callable[[bytes], Any], timeout_s: float = 20
+) -> list[dict[str, Any]]:
+    """Every record of ``topic`` up to its current end, decoded by ``decode``."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -76,7 +83,7 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 20) -> list[dict
                 if msg.offset() >= ends[p]:
                     todo.discard(p)
                     continue
-                value = codec.decode(topic, msg.value())
+                value = decode(msg.value())
                 value["_key"] = msg.key().decode() if msg.key() else None
                 value["_partition"], value["_offset"] = p, msg.offset()
                 records.append(value)

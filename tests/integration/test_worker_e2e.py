@@ -6,6 +6,7 @@ The oracle is ``tests.reference``: a fold over the produced events written indep
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import struct
@@ -18,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from state.events import StockEvent, count_from_record, movement_from_record, sale_from_record
 from streams import records, topics
 from tests.integration.conftest import Deployment
-from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all
+from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all, read_all_with
 from tests.reference import reference_positions
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -225,3 +226,32 @@ def test_a_second_worker_takes_partitions_and_nothing_is_lost_or_doubled(deploym
     poll_until(lambda: _group_members(deployment) == 2, 180, "two workers with partitions")
     produce(deployment.settings, items[1000:])
     assert_availability_reaches_reference(deployment, items)
+
+
+def test_settled_counts_report_their_discrepancy_once_per_count(deployment):
+    items: list[Item] = [sale(1, "SKU1", "S1", T0, 3), sale(2, "SKU1", "S1", T0 + MINUTE, 2)]
+    items.append(count(3, "SKU1", "S1", T0 + 5 * MINUTE, 20))  # recorded -5 as of then: +25
+    items += [sale(10 + i, "SKU1", "S1", T0 + (6 + i) * MINUTE, 1) for i in range(60)]
+    items.append(count(4, "SKU1", "S1", T0 + 30 * MINUTE, 0))  # recorded 20 - 24 = -4: +4
+    items += [sale(100 + i, "SKU1", "S1", T0 + (70 + i) * MINUTE, 1) for i in range(5)]
+    produce(deployment.settings, items + items[:3])  # and a few redelivered
+    deployment.start_worker()
+    topic = topics.COUNT_DISCREPANCIES.full_name(deployment.settings)
+
+    def reported() -> Any:
+        got = {(r["count_id"], r["recorded"], r["discrepancy"], r["units_moved"])
+               for r in read_all(deployment.settings, topic)}  # fmt: skip
+        want = {("cnt3", -5, 25, 5), ("cnt4", -4, 4, 24)}
+        return got == want or Mismatch(got=got, want=want)
+
+    poll_until(reported, 120, "both counts to settle and report")
+
+    # kept in the daily windows of the location's discrepancy table (Faust's JSON changelog)
+    changelog = f"{deployment.settings.app_id}-count-discrepancies-changelog"
+
+    def kept() -> Any:
+        values = read_all_with(deployment.settings, changelog, lambda data: {"v": json.loads(data)})
+        ids = {count_id for record in values for count_id in record["v"]}
+        return ids == {"cnt3", "cnt4"} or Mismatch(ids=ids)
+
+    poll_until(kept, 60, "both counts kept in the windowed table")

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from state.events import Kind, StockEvent
 from state.position import (
     NEVER,
+    OpenPosition,
     Outcome,
     Position,
     fold,
@@ -161,3 +162,24 @@ def test_sales_history_is_kept_for_velocity_and_a_return_is_not_a_sighting():
     position, _ = fold_all([sale("a", 1_000, 2), sale("b", 5_000, 1), sale("r", 9_000, -1)])
     view = position.view()
     assert (view.units_sold, view.first_sale_at, view.last_sale_at) == (2, 1_000, 5_000)
+
+
+def test_a_count_reports_its_discrepancy_when_it_settles_not_before():
+    lateness = 5 * 60_000
+    position = OpenPosition(Position())
+    for event in [sale("a", 0, 2), count("c1", 60_000, 10), sale("b", 120_000, 1)]:
+        position.fold(event, lateness_ms=lateness, watermark=event.effective_at)
+    assert position.settled_counts == []  # still inside the lateness window
+    position.advance(60_000 + lateness + 1, lateness_ms=lateness)
+    (settled,) = position.settled_counts
+    assert (settled.event.event_id, settled.recorded, settled.discrepancy) == ("c1", -2, 12)
+    assert (settled.units_moved, settled.previous_count_at) == (2, None)
+
+
+def test_a_superseded_count_is_no_evidence():
+    position = OpenPosition(Position())
+    position.fold(count("new", 120_000, 5), lateness_ms=0, watermark=200_000)  # settles
+    assert [c.event.event_id for c in position.settled_counts] == ["new"]
+    position.settled_counts.clear()
+    position.fold(count("old", 60_000, 9), lateness_ms=0, watermark=120_000)  # late, older
+    assert position.settled_counts == []
