@@ -83,10 +83,55 @@ def workload(seed: int, n: int, start: int = T0, duplicates: float = 0.05) -> li
     return items
 
 
+def holds(seed: int, n: int, start: int = T0) -> list[Item]:
+    """Reservations on the workload's keys: every hold created, 40% ended (released or
+    committed) half a second later; none expires (expiry a day after the stock events)."""
+    rnd = random.Random(seed)
+    items: list[Item] = []
+    for i in range(n):
+        sku, loc, rid = f"SKU{rnd.randrange(10)}", f"S{rnd.randrange(3)}", f"h{seed}-{i}"
+        at = start + i * 5000
+        value = {
+            "event_id": f"o{seed}-{i}", "source": "oms", "sku": sku, "location": loc,
+            "occurred_at": at, "reservation_id": rid, "action": "created",
+            "quantity": rnd.randint(1, 3), "expires_at": at + 10**10, "channel": "web",
+        }  # fmt: skip
+        items.append((topics.RESERVATIONS, rid, value))
+        if rnd.random() < 0.4:
+            end = value | {
+                "event_id": f"e{seed}-{i}", "occurred_at": at + 500, "quantity": 0,
+                "action": rnd.choice(["released", "committed"]), "expires_at": None,
+            }  # fmt: skip
+            items.append((topics.RESERVATIONS, rid, end))
+    return items
+
+
+def reference_holds(items: list[Item]) -> tuple[dict[str, int], dict[str, int]]:
+    """key -> units held by open holds, key -> reserved deltas applied (an open and, once
+    ended, an end per hold). Valid for ``holds()``: no expiry, ends only of known holds."""
+    state: dict[str, list[Any]] = {}  # reservation id -> [key, quantity, ended]
+    for spec, _key, value in items:
+        if spec.name != topics.RESERVATIONS.name or not isinstance(value, dict):
+            continue
+        key = topics.make_key(value["sku"], value["location"])
+        if value["action"] == "created":
+            state.setdefault(value["reservation_id"], [key, value["quantity"], False])
+        else:
+            state[value["reservation_id"]][2] = True
+    reserved: dict[str, int] = {}
+    deltas: dict[str, int] = {}
+    for key, quantity, ended in state.values():
+        reserved[key] = reserved.get(key, 0) + (0 if ended else quantity)
+        deltas[key] = deltas.get(key, 0) + (2 if ended else 1)
+    return reserved, deltas
+
+
 def as_events(items: list[Item]) -> list[StockEvent]:
     events = []
     for spec, _key, value in items:
         assert isinstance(value, dict)
+        if spec.name == topics.RESERVATIONS.name:
+            continue  # see reference_holds
         parse = {
             topics.POS_SALES.name: sale_from_record,
             topics.WMS_MOVEMENTS.name: movement_from_record,
@@ -104,11 +149,16 @@ class Mismatch(dict[str, Any]):
 
 
 def availability_matches(dep: Deployment, items: list[Item]) -> bool | Mismatch:
-    """Latest record per key == reference (on hand, version = distinct events applied)."""
-    expected = reference_positions(as_events(items))
+    """Latest record per key == reference (on hand, version = distinct events applied incl.
+    reserved deltas, reserved units)."""
+    reserved, deltas = reference_holds(items)
+    expected = {
+        k: (on_hand, version + deltas.get(k, 0), reserved.get(k, 0))
+        for k, (on_hand, version) in reference_positions(as_events(items)).items()
+    }
     topic = topics.availability("web").full_name(dep.settings)
     latest = latest_by_key(read_all(dep.settings, topic))
-    got = {k: (r["on_hand"], r["version"]) for k, r in latest.items()}
+    got = {k: (r["on_hand"], r["version"], r["reserved"]) for k, r in latest.items()}
     if got == expected:
         return True
     wrong = {
@@ -182,20 +232,23 @@ def test_poison_is_dead_lettered_and_the_worker_goes_on(deployment):
 
 
 def test_restart_with_wiped_state_rebuilds_from_the_changelog(deployment):
-    first = workload(seed=2, n=1000)
+    first = workload(seed=2, n=1000) + holds(seed=2, n=100)
     produce(deployment.settings, first)
     worker = deployment.start_worker("w1")
     assert_availability_reaches_reference(deployment, first)
     deployment.stop_worker(worker)
-    second = workload(seed=3, n=1000, start=T0 + 1000 * 1000)
+    second = workload(seed=3, n=1000, start=T0 + 1000 * 1000) + holds(
+        seed=3, n=100, start=T0 + 1000 * 1000
+    )
     produce(deployment.settings, second)
     deployment.start_worker("w1", wipe_state=True)
     assert_availability_reaches_reference(deployment, first + second)
 
 
 def test_killed_worker_restarts_without_losing_or_doubling(deployment):
-    items = workload(seed=4, n=3000)
-    produce(deployment.settings, items[:1500])
+    stock, reservations = workload(seed=4, n=3000), holds(seed=4, n=200)
+    items = stock[:1500] + reservations[:120] + stock[1500:] + reservations[120:]
+    produce(deployment.settings, items[:1620])
     worker = deployment.start_worker("w1")
     poll_until(
         lambda: read_all(
@@ -204,7 +257,7 @@ def test_killed_worker_restarts_without_losing_or_doubling(deployment):
         60,
         "first output",
     )
-    produce(deployment.settings, items[1500:])
+    produce(deployment.settings, items[1620:])
     deployment.stop_worker(worker, signal.SIGKILL)
     deployment.start_worker("w1")
     assert_availability_reaches_reference(deployment, items)
