@@ -180,6 +180,26 @@ def simulate(
 
 
 @app.command()
+def quality(
+    scenario: Annotated[str, typer.Option(help="scenario file (TOML)")] = "scenarios/default.toml",
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="write the result as JSON here")
+    ] = None,
+    plot: Annotated[str | None, typer.Option(help="write a calibration PNG here")] = None,
+) -> None:
+    """Decision quality on a simulated network with a hidden true stock: phantom/hidden
+    availability of naive ATP, a static buffer and the confidence policy, and calibration."""
+    from invsync import quality as quality_module
+
+    args = ["--scenario", scenario]
+    if json_out:
+        args += ["--json", json_out]
+    if plot:
+        args += ["--plot", plot]
+    raise typer.Exit(quality_module.main(args))
+
+
+@app.command()
 def tail(
     topic: Annotated[str, typer.Argument(help="topic to read, e.g. availability.web")],
     from_beginning: Annotated[bool, typer.Option(help="start at the oldest record")] = False,
