@@ -133,6 +133,9 @@ def worker() -> None:
     except (ClusterUnavailable, TopicsMissing) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+    except SettingsError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
 
 
 @app.command()

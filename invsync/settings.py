@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     )
 
     # --- worker ----------------------------------------------------------------------------
+    channel_policy: Path | None = Field(
+        None,
+        description="channel policy file (TOML, see ops/channels.example.toml); unset: every "
+        "channel offers all of ATP",
+    )
     state_dir: Path = Field(Path(".state"), description="local table state (RocksDB) directory")
     store: Literal["rocksdb", "memory"] = Field(
         "rocksdb", description="table store: rocksdb (durable, local) or memory (tests)"

@@ -11,7 +11,8 @@ import gc
 import importlib.util
 import logging
 
-from invsync.settings import Settings
+from invsync.settings import Settings, SettingsError
+from state.channel_policy import ChannelPolicy, PolicyError, default_channel, load_policy
 from streams import topics
 from streams.admin import check_topics, wait_for_cluster
 from streams.codec import Codec
@@ -37,7 +38,20 @@ def _aiokafka_c_extension() -> bool:
     )
 
 
+def channel_policy(settings: Settings) -> ChannelPolicy:
+    """The channel policy (every configured channel must be in it); exit 2 saying what to fix."""
+    if settings.channel_policy is None:
+        return ChannelPolicy({name: default_channel(name) for name in settings.channels})
+    try:
+        policy = load_policy(settings.channel_policy)
+        policy.require(settings.channels)
+    except PolicyError as exc:
+        raise SettingsError(f"invalid INVSYNC_CHANNEL_POLICY: {exc}") from None
+    return policy
+
+
 def preflight(settings: Settings) -> Codec:
+    channel_policy(settings)
     wait_for_cluster(settings)
     check_topics(settings)
     codec = Codec(settings, millis_timestamps=True)

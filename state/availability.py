@@ -1,9 +1,10 @@
 """What a channel is offered of one position, with the confidence that explains it.
 
-Every channel uses the default policy until channel policies exist (the channels & sinks issue):
-ATP = on hand - reserved, floored at 0; offered = the largest quantity whose confidence meets the
-channel's minimum (``DEFAULT_MIN_CONFIDENCE``, 0: offer all of ATP and report how sure we are);
-``status`` is ``out`` at 0 offered, ``low`` at or below ``low_threshold``. The confidence comes
+A channel's policy (:mod:`state.channel_policy`, from ``INVSYNC_CHANNEL_POLICY``) decides what
+it is offered: eligibility, ATP terms, the largest quantity whose confidence meets the channel's
+minimum for the location type, buffers, cap, in/low/out thresholds. Without a policy file every
+channel uses the default: ATP = on hand - reserved, minimum confidence 0 (offer all of ATP and
+report how sure we are), ``low`` at or below 2. The confidence comes
 from :mod:`state.confidence` with the location type's prior accuracy (learning it from count
 discrepancies per location is the next step). Time is the position's stream time, never the
 wall clock, so a replay publishes the same values.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from state.channel_policy import Channel, default_channel, offer
 from state.confidence import DAY_MS, PRIORS, assess
 from state.position import Ledger
 
@@ -73,7 +75,11 @@ def project(
     stream_time: int,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     low_threshold: int = 2,
+    policy: Channel | None = None,
 ) -> Availability:
+    """What ``channel`` is offered of one position: its ``policy`` (eligibility, ATP terms,
+    minimum confidence, buffers, cap, thresholds), or the default policy built from
+    ``min_confidence`` and ``low_threshold``."""
     now = max(stream_time, ledger.as_of)
     reserved = ledger.reserved
     kind = location_type(location)
@@ -90,9 +96,18 @@ def project(
         velocity_per_day=velocity,
         accuracy=PRIORS[kind],
     )
-    atp = max(0, ledger.on_hand - reserved)
-    offered = min(atp, assessment.offerable(min_confidence))
-    status = "out" if offered == 0 else "low" if offered <= low_threshold else "in"
+    rules = policy or default_channel(
+        channel, min_confidence=min_confidence, low_threshold=low_threshold
+    )
+    result = offer(
+        rules,
+        location=location,
+        location_type=kind,
+        on_hand=ledger.on_hand,
+        reserved=reserved,
+        assessment=assessment,
+    )
+    atp, offered, status = result.atp, result.offered, result.status
     explanation = assessment.explanation
     return Availability(
         channel=channel,
@@ -103,7 +118,7 @@ def project(
         atp=atp,
         offered=offered,
         status=status,
-        confidence=assessment.confidence(offered),
+        confidence=result.confidence,
         version=ledger.applied,
         as_of=max(ledger.as_of, 0),  # 0 for a position that has seen no event
         last_count_at=ledger.last_count_at,

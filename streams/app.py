@@ -23,6 +23,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from invsync.settings import Settings
+from invsync.worker import channel_policy
 from streams import health, metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.consumer import PromptConsumer
@@ -93,7 +94,8 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     )
     changelogs = frozenset(t.changelog_topic.get_topic_name() for t in (positions, reservations))
     outputs = Outputs(settings, changelogs)
-    folder = BatchFolder(settings, codec, positions, outputs, availability, dead_letters)
+    policy = channel_policy(settings)  # validated by the worker's preflight already
+    folder = BatchFolder(settings, codec, positions, outputs, availability, dead_letters, policy)
     holds = HoldFolder(settings, codec, reservations, outputs, dead_letters)
     stores = (folder.store, holds.store)
     progress = health.Progress({*folder.parsers, holds.topic})

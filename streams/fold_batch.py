@@ -36,6 +36,7 @@ from faust.types import TP, EventT, TableT
 
 from invsync.settings import Settings
 from state.availability import Availability, location_type, project
+from state.channel_policy import ChannelPolicy
 from state.events import (
     InvalidEvent,
     StockEvent,
@@ -87,8 +88,10 @@ class BatchFolder:
         outputs: Outputs,
         availability: dict[str, str],
         dead_letters: str,
+        policy: ChannelPolicy,
     ) -> None:
         self.settings = settings
+        self.policy = policy
         self.codec = codec
         self.table = table
         self.store = PartitionStore(table)
@@ -241,7 +244,10 @@ class BatchFolder:
         ledger = position.view()
         first = True
         for channel, topic in self.availability.items():
-            availability = project(channel, sku, location, ledger, stream_time=position.stream_time)
+            availability = project(
+                channel, sku, location, ledger, stream_time=position.stream_time,
+                policy=self.policy.channel(channel),
+            )  # fmt: skip
             if first:  # model health: the same for every channel, observed once
                 self._observe_model(key, availability)
                 first = False

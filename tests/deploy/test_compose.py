@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from invsync.settings import ENV_PREFIX, Settings, load_settings
+from state.channel_policy import load_policy
 from tests.deploy import (
     ALERTS,
     CHART,
@@ -239,10 +240,11 @@ def test_channel_policy_lists_the_configured_channels(compose: dict) -> None:
     worker = services(compose)["worker"]
     env = environment(worker)
     policy_file = volume_mounts(worker)[env["INVSYNC_CHANNEL_POLICY"]]
-    policy = yaml.safe_load(policy_file.read_text())
+    policy = tomllib.loads(policy_file.read_text())
     assert sorted(policy["channels"]) == sorted(env["INVSYNC_CHANNELS"].split(","))
-    chart_policy = yaml.safe_load((CHART / "values.yaml").read_text())["channelPolicy"]["policy"]
-    assert policy == chart_policy, "ops/compose/channels.yaml and the chart's policy differ"
+    chart_toml = yaml.safe_load((CHART / "values.yaml").read_text())["channelPolicy"]["toml"]
+    assert policy == tomllib.loads(chart_toml), "the compose and chart policies differ"
+    load_policy(policy_file).require(env["INVSYNC_CHANNELS"].split(","))  # the worker's check
 
 
 def test_topic_names_are_in_the_catalogue(compose: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 import typing
 from pathlib import Path
 
@@ -232,7 +233,7 @@ def test_worker_pod_wiring(rendered: dict, name: str) -> None:
     assert str(policy_path.parent) == mounts["channel-policy"]["mountPath"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     config_map = volumes["channel-policy"]["configMap"]
-    assert config_map["items"] == [{"key": "channels.yaml", "path": policy_path.name}]
+    assert config_map["items"] == [{"key": "channels.toml", "path": policy_path.name}]
 
     labels = pod["metadata"]["labels"]
     assert statefulset["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -284,7 +285,7 @@ def test_without_persistence_state_is_an_emptydir() -> None:
 def test_channel_policy_config_map(rendered: dict) -> None:
     docs = rendered["default"]
     config_map = next(d for d in docs if d["metadata"]["name"].endswith("-channel-policy"))
-    policy = yaml.safe_load(config_map["data"]["channels.yaml"])
+    policy = tomllib.loads(config_map["data"]["channels.toml"])
     channels = plain_env(worker(docs))["INVSYNC_CHANNELS"].split(",")
     assert sorted(policy["channels"]) == sorted(channels)
 

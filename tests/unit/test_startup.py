@@ -48,3 +48,20 @@ def test_invalid_values_name_the_variable(overrides, name):
     with pytest.raises(SettingsError) as caught:
         load_settings(**overrides)
     assert name in str(caught.value)
+
+
+def test_a_bad_channel_policy_exits_2_naming_the_file_and_key(tmp_path):
+    policy = tmp_path / "channels.toml"
+    example = (Path(__file__).parents[2] / "ops" / "channels.example.toml").read_text()
+    policy.write_text(example.replace("store = 0.95", "store = 1.5", 1))
+    result = run_worker(INVSYNC_CHANNEL_POLICY=str(policy), INVSYNC_CHANNELS="web,bopis")
+    assert result.returncode == 2
+    out = result.stdout + result.stderr
+    assert "INVSYNC_CHANNEL_POLICY" in out and str(policy) in out and "min_confidence" in out
+
+
+def test_a_channel_missing_from_the_policy_exits_2():
+    example = Path(__file__).parents[2] / "ops" / "channels.example.toml"
+    result = run_worker(INVSYNC_CHANNEL_POLICY=str(example), INVSYNC_CHANNELS="web,outlet")
+    assert result.returncode == 2
+    assert "channels.outlet" in result.stdout + result.stderr

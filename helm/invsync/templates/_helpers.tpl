@@ -65,7 +65,7 @@ app.kubernetes.io/component: worker
 {{- end }}
 
 {{/* Where the channel policy file is mounted (INVSYNC_CHANNEL_POLICY). */}}
-{{- define "invsync.channelPolicyPath" -}}/etc/invsync/channels.yaml{{- end }}
+{{- define "invsync.channelPolicyPath" -}}/etc/invsync/channels.toml{{- end }}
 
 {{/*
 Checks across values that values.schema.json cannot express; each fails rendering with the
