@@ -12,11 +12,13 @@ The commit order, for every batch:
 5. the agent acks the batch's events only when the broker has acknowledged every record queued
    in 3-4 (:mod:`streams.delivery`); Faust commits acked offsets only.
 
-Events fetched before a rebalance (an older consumer generation) are left out of the batch and
-not acked: after every rebalance Faust seeks each assigned partition to its committed offset, so
-whoever owns the partition now — this worker or another — folds them again. Writing them could
-overwrite what the partition's new owner already wrote (a zombie write); a batch is synchronous,
-so the generation cannot change while it folds.
+Events of partitions this worker no longer owns (taken away by a rebalance after they were
+fetched) are left out of the batch and not acked: their new owner folds them again from the
+committed offset, and writing them here could overwrite what it already wrote (a zombie write).
+Events of partitions still assigned are always folded, even if fetched before a rebalance: an
+event left unacked there would be committed over (Faust's commit accepts one missing offset
+right after the committed one), i.e. lost. A batch is synchronous, so the assignment cannot
+change while it folds.
 
 Redeliveries after a crash are recognised by offset: each stored position remembers the last
 offset of every input topic applied to it, so a replayed event is skipped exactly (and its
@@ -123,8 +125,7 @@ class BatchFolder:
         outcomes = result.outcomes
         letters: list[DeadLetter] = []
         valid: list[tuple[EventT, StockEvent, int]] = []  # with the watermark at its arrival
-        generation = self.table.app.consumer_generation_id
-        events = [event for event in events if event.message.generation_id == generation]
+        events = owned(self.table.app, events)
         for event in events:
             stock_event = self._decode(event, letters)
             if stock_event is None:
@@ -275,3 +276,12 @@ class BatchFolder:
         else:
             suspects.discard(key)
         metrics.PHANTOM_SUSPECTS.labels(kind).set(len(suspects))
+
+
+def owned(app: Any, events: Sequence[EventT]) -> list[EventT]:
+    """``events`` of partitions assigned to this worker now (see the module docstring)."""
+    assigned = app.consumer.assignment()
+    kept = [event for event in events if event.message.tp in assigned]
+    if len(kept) != len(events):
+        log.info("left out %d events of partitions no longer assigned", len(events) - len(kept))
+    return kept

@@ -52,6 +52,7 @@ from streams import metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter, send_dead_letters
 from streams.delivery import Outputs, Ticket
+from streams.fold_batch import owned
 from streams.partition_store import PartitionStore
 
 
@@ -109,7 +110,7 @@ class HoldFolder:
         if generation != self.generation:
             self.partitions.clear()  # a rebalance: rebuild indexes from the (restored) table
             self.generation = generation
-        current = [e for e in events if e.message.generation_id == generation]
+        current = owned(self.table.app, events)
         letters: list[DeadLetter] = []
         decoded = [(event, self._decode(event, letters)) for event in current]
         loaded = self._load([(e, r) for e, r in decoded if r is not None])
