@@ -688,7 +688,7 @@ def _is_ours(pid: int, svc: _Service) -> bool:
 def _check_ports_free(services: list[_Service]) -> None:
     for svc in services:
         for port, setting in svc.ports:
-            if not _port_free(port):
+            if not port_free(port):
                 raise StackError(
                     f"port {port} ({setting}) is already in use by a process this stack did not "
                     f"start, so {svc.name} cannot listen there. Stop that process "
@@ -697,7 +697,8 @@ def _check_ports_free(services: list[_Service]) -> None:
                 )
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (a bind test)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

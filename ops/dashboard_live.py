@@ -12,7 +12,7 @@ Prometheus could not be started or could not scrape. The Prometheus it started i
 
 A bare URL is scraped as job "invsync" (the worker); `JOB=URL` names the job. Grafana's
 `$__rate_interval`, `$__interval` and `$__range` are replaced by `--rate-interval`.
-Standard library only, so it runs without the dashboard SDK.
+Standard library (and invsync's own port check) only, so it runs without the dashboard SDK.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from invsync.stack import port_free
 
 DASHBOARD_JSON = Path(__file__).resolve().parent / "grafana" / "invsync.json"
 PROMETHEUS = "/usr/bin/prometheus"
@@ -135,16 +136,6 @@ def scrape_config(targets: list[Target]) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: have the kernel send SIGTERM to Prometheus if this process dies (even SIGKILL)."""
     with contextlib.suppress(Exception):
@@ -167,7 +158,7 @@ class Prometheus:
     def __enter__(self) -> Prometheus:
         if not (os.path.isfile(self.binary) and os.access(self.binary, os.X_OK)):
             raise LiveCheckError(f"{self.binary} not found: apt-get install -y prometheus")
-        if not _port_free(self.port):
+        if not port_free(self.port):
             raise LiveCheckError(f"127.0.0.1:{self.port} is in use: pass --port")
         self._tmp = tempfile.TemporaryDirectory(prefix="invsync-prometheus-")
         tmp = Path(self._tmp.name)

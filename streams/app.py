@@ -23,7 +23,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from invsync.settings import Settings
-from invsync.worker import channel_policy
+from state.channel_policy import ChannelPolicy
 from streams import health, metrics, topics
 from streams.codec import Codec, DecodeError
 from streams.consumer import PromptConsumer
@@ -40,8 +40,9 @@ DISCREPANCIES_TABLE = "count-discrepancies"
 MAX_IN_FLIGHT_BATCHES = 4  # folded, not yet acknowledged by the broker: bounds memory and redo
 
 
-def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
-    """A Faust app for these settings, with the fold agent registered (not started)."""
+def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = None) -> faust.App:
+    """A Faust app for these settings and channel policy (validated by the worker's preflight),
+    with its agents registered (not started)."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -94,7 +95,6 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     )
     changelogs = frozenset(t.changelog_topic.get_topic_name() for t in (positions, reservations))
     outputs = Outputs(settings, changelogs)
-    policy = channel_policy(settings)  # validated by the worker's preflight already
     folder = BatchFolder(settings, codec, positions, outputs, availability, dead_letters, policy)
     holds = HoldFolder(settings, codec, reservations, outputs, dead_letters)
     stores = (folder.store, holds.store)
@@ -114,10 +114,15 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
     # delivered more than once is kept once.
     discrepancies_topic = topics.COUNT_DISCREPANCIES.full_name(settings)
 
+    last_counted: dict[str, Any] = {"event": None, "at": 0.0}  # set by the agent's own decode
+
     def counted_at(event: EventT | None) -> float:
         if event is None:
             raise RuntimeError("count discrepancy windows are used only inside the agent")
-        return float(codec.decode(discrepancies_topic, event.value)["counted_at"]) / 1000
+        if last_counted["event"] is not event:
+            record = codec.decode(discrepancies_topic, event.value)
+            last_counted.update(event=event, at=float(record["counted_at"]) / 1000)
+        return float(last_counted["at"])
 
     discrepancy_windows = (
         app.Table(DISCREPANCIES_TABLE, default=dict, partitions=settings.partitions)
@@ -135,6 +140,7 @@ def create_app(settings: Settings, codec: Codec | None = None) -> faust.App:
                     "undecodable count discrepancy at offset %s: %s", event.message.offset, exc
                 )
                 continue
+            last_counted.update(event=event, at=float(record["counted_at"]) / 1000)
             day = dict(discrepancy_windows[record["location"]].value())
             day[record["count_id"]] = [record["discrepancy"], record["units_moved"]]
             discrepancy_windows[record["location"]] = day

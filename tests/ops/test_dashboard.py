@@ -263,7 +263,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(fake_worker: _Fak
     missing, log = _live(fake_worker)
     assert missing == [], log
     assert fake_worker.scrapes >= 3
-    assert dashboard_live._port_free(dashboard_live.DEFAULT_PORT), "prometheus was not stopped"
+    assert dashboard_live.port_free(dashboard_live.DEFAULT_PORT), "prometheus was not stopped"
 
 
 @needs_prometheus
@@ -278,7 +278,7 @@ def test_panels_without_data_are_listed_and_exit_1(
         "Sinks / Redis write errors [A]",
         "Model health / Table sizes [A]",
     ]
-    assert dashboard_live._port_free(dashboard_live.DEFAULT_PORT), "prometheus was not stopped"
+    assert dashboard_live.port_free(dashboard_live.DEFAULT_PORT), "prometheus was not stopped"
 
 
 @needs_prometheus
@@ -289,4 +289,4 @@ def test_an_unreachable_target_fails_fast_with_exit_2(capsys: pytest.CaptureFixt
     assert "not scraped 3 times: {'http://127.0.0.1:9/metrics': " in err, err
     assert "connection refused" in err, err
     assert time.monotonic() - started < 30
-    assert dashboard_live._port_free(dashboard_live.DEFAULT_PORT), "prometheus was not stopped"
+    assert dashboard_live.port_free(dashboard_live.DEFAULT_PORT), "prometheus was not stopped"
