@@ -22,8 +22,15 @@ stack_app = typer.Typer(
     help="Local Kafka + schema registry + Redis, run as plain processes.", no_args_is_help=True
 )
 topics_app = typer.Typer(help="Create and list the topics of the catalogue.", no_args_is_help=True)
+sink_app = typer.Typer(
+    help="Sinks, each its own process with its own consumer group and /metrics.",
+    no_args_is_help=True,
+)
+readmodel_app = typer.Typer(help="The Redis read model.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
+app.add_typer(sink_app, name="sink")
+app.add_typer(readmodel_app, name="readmodel")
 
 
 def _settings() -> Settings:
@@ -120,6 +127,57 @@ def topics_list() -> None:
             spec.cleanup_policy(),
         )
     console.print(table)
+
+
+@sink_app.command("redis")
+def sink_redis() -> None:
+    """Keep the Redis read model at the latest version of every availability record (until
+    Ctrl-C); /metrics and /livez on INVSYNC_REDIS_SINK_PORT."""
+    from sinks.redis_sink import run_redis_sink
+    from streams.admin import ClusterUnavailable, TopicsMissing
+
+    settings = _settings()
+    settings.configure_logging()
+    try:
+        run_redis_sink(settings)
+    except (ClusterUnavailable, TopicsMissing, OSError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@sink_app.command("erp")
+def sink_erp() -> None:
+    """Deliver ERP stock deltas over HTTP (idempotency key = delta_id) until Ctrl-C; /metrics
+    and /livez on INVSYNC_ERP_SINK_PORT."""
+    from sinks.erp import main as erp_main
+
+    erp_main()
+
+
+@readmodel_app.command("rebuild")
+def readmodel_rebuild() -> None:
+    """Write every availability record of the compacted topics to Redis (after a Redis restart
+    without persistence); newer versions already there are kept."""
+    from sinks.redis_sink import rebuild_read_model
+
+    settings = _settings()
+    try:
+        written = rebuild_read_model(settings)
+    except Exception as exc:  # Redis or Kafka unreachable: say so, exit non-zero
+        console.print(f"[red]rebuild failed: {exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"read model rebuilt from {written} record(s)")
+
+
+@app.command("erp-simulator")
+def erp_simulator(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 18090,
+    db: Annotated[str, typer.Option(help="sqlite file of accepted deltas")] = ".state/erp.sqlite",
+) -> None:
+    """A small ERP peer for local runs and tests: accepts stock deltas once per delta_id."""
+    from invsync.erp_simulator import main as simulator_main
+
+    simulator_main(["--port", str(port), "--db", db])
 
 
 @app.command()

@@ -7,6 +7,7 @@ variable and says what is expected; nothing reads ``os.environ`` elsewhere.
 
 from __future__ import annotations
 
+import logging
 import re
 from functools import cached_property
 from pathlib import Path
@@ -93,6 +94,35 @@ class Settings(BaseSettings):
     )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
 
+    # --- sinks (separate processes: invsync sink redis|erp) ----------------------------------
+    redis_batch: int = Field(
+        500, ge=1, le=100_000, description="availability records per Redis pipeline"
+    )
+    redis_sink_port: int = Field(
+        6067, ge=1, le=65535, description="HTTP port of the Redis sink (/metrics, /livez)"
+    )
+    erp_url: str = Field(
+        "http://127.0.0.1:18090/v1/stock-deltas",
+        description="ERP endpoint that accepts stock deltas (POST, Idempotency-Key header)",
+    )
+    erp_window_ms: int = Field(
+        300_000, ge=1_000, le=86_400_000, description="event-time window that nets ERP deltas"
+    )
+    erp_timeout_s: float = Field(10.0, gt=0, le=300, description="one ERP request's timeout")
+    erp_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="failed ERP attempts in a row on one delta before the dispatcher counts a "
+        "sink failure (and alerts); it keeps retrying: only ERP rejections are dead-lettered",
+    )
+    erp_backoff_max_s: float = Field(
+        30.0, gt=0, le=3600, description="cap of the exponential backoff between ERP attempts"
+    )
+    erp_sink_port: int = Field(
+        6068, ge=1, le=65535, description="HTTP port of the ERP dispatcher (/metrics, /livez)"
+    )
+
     # --- local stack (invsync stack up) ----------------------------------------------------
     stack_dir: Path = Field(Path(".stack"), description="jars, data and logs of the local stack")
     kafka_port: int = Field(19092, ge=1, le=65535)
@@ -136,6 +166,15 @@ class Settings(BaseSettings):
     @cached_property
     def default_channel(self) -> str:
         return self.channels[0]
+
+    def configure_logging(self) -> None:
+        """Standard-library logging at ``log_level`` (for the processes that are not Faust's)."""
+        levels = {"crit": "CRITICAL", "error": "ERROR", "warn": "WARNING", "info": "INFO",
+                  "debug": "DEBUG"}  # fmt: skip
+        logging.basicConfig(
+            level=levels[self.log_level],
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from state.events import Kind, StockEvent
+from state.netting import DEFAULT_WINDOW_MS, Netting, OpenWindow
 
 NEVER = -(2**62)
 MAX_PENDING = 5_000
@@ -103,6 +104,7 @@ class Position:
     stream_time: int = NEVER  # the newest watermark this position was advanced to
     pending: tuple[StockEvent, ...] = ()
     settled_ids: tuple[tuple[str, str, int], ...] = ()  # (source, event_id, effective_at)
+    netting: OpenWindow | None = None  # the ERP window being netted (state/netting.py)
 
     def view(self) -> Ledger:
         """The current ledger: settled, with the pending events applied in order."""
@@ -142,13 +144,14 @@ class OpenPosition:
     :meth:`close` returns the position to store and leaves this object equal to
     ``OpenPosition(closed)``, so a caller may keep it open across batches (a cache) instead of
     reopening the stored value. The cost per event is O(log n) plus a list insert, not a copy.
-    Counts that settle are collected in ``settled_counts`` for the caller to take.
+    Counts that settle are collected in ``settled_counts``, and ERP deltas of windows that
+    complete in ``netting.deltas``, for the caller to take.
     """
 
-    __slots__ = ("_view", "horizon", "ids", "pending", "settled", "settled_counts", "settled_ids",
-                 "stream_time")  # fmt: skip
+    __slots__ = ("_view", "horizon", "ids", "netting", "pending", "settled", "settled_counts",
+                 "settled_ids", "stream_time")  # fmt: skip
 
-    def __init__(self, position: Position) -> None:
+    def __init__(self, position: Position, net_window_ms: int = DEFAULT_WINDOW_MS) -> None:
         self.settled = position.settled
         self.horizon = position.horizon
         self.stream_time = position.stream_time
@@ -158,6 +161,7 @@ class OpenPosition:
         self.ids.update((src, eid) for src, eid, _ in self.settled_ids)
         self._view: Ledger | None = None
         self.settled_counts: list[SettledCount] = []
+        self.netting = Netting(position.netting, net_window_ms)
 
     @property
     def version(self) -> int:
@@ -182,12 +186,14 @@ class OpenPosition:
         ident = (event.source, event.event_id)
         if ident in self.ids:
             return Outcome.DUPLICATE
+        self.netting.key = (event.sku, event.location)
         self.ids.add(ident)
         pending = self.pending
         if event.effective_at < self.horizon:
             before, self.settled = self.settled, apply(self.settled, event, late=True)
             if (counted := _settled_count(before, self.settled, event)) is not None:
                 self.settled_counts.append(counted)
+            self.netting.settled(event, self.settled.on_hand - before.on_hand, late=True)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             self._view = None
             outcome = Outcome.LATE
@@ -220,11 +226,13 @@ class OpenPosition:
             before, settled = settled, apply(settled, event)
             if event.kind is Kind.COUNT and (counted := _settled_count(before, settled, event)):
                 self.settled_counts.append(counted)
+            self.netting.settled(event, settled.on_hand - before.on_hand, late=False)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             cut += 1
         if cut:
             self.settled = settled
             del pending[:cut]
+        self.netting.advance(horizon)
 
     def close(self, *, lateness_ms: int) -> Position:
         """The position to store; forgets ids settled more than one lateness window ago."""
@@ -235,7 +243,7 @@ class OpenPosition:
             self.ids.difference_update((src, eid) for src, eid, at in ids if at < forget_before)
             self.settled_ids = ids = kept
         return Position(self.settled, self.horizon, self.stream_time, tuple(self.pending),
-                        tuple(ids))  # fmt: skip
+                        tuple(ids), self.netting.open)  # fmt: skip
 
 
 def fold(
@@ -249,7 +257,7 @@ def fold(
 
 # --- persistence: a compact, JSON-friendly form (the table's value) -----------------------
 
-_FORMAT = 3  # 2: + sales history (units_sold, first/last sale); 3: + reserved
+_FORMAT = 4  # 2: + sales history (units_sold, first/last sale); 3: + reserved; 4: + netting
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -263,12 +271,14 @@ def to_primitive(position: Position) -> list[Any]:
         position.stream_time,
         [tuple(e) for e in position.pending],  # kind is a str enum: serialised as its value
         [list(i) for i in position.settled_ids],
+        None if position.netting is None else [position.netting.start, position.netting.reasons],
     ]
 
 
 def from_primitive(data: list[Any]) -> Position:
-    fmt, s, horizon, stream_time, pending, ids = data
-    if fmt not in (1, 2, _FORMAT):  # older ledgers lack the newer fields: defaults apply
+    fmt, s, horizon, stream_time, pending, ids, *rest = data
+    netting = rest[0] if rest else None
+    if fmt not in (1, 2, 3, _FORMAT):  # older ledgers lack the newer fields: defaults apply
         raise ValueError(f"unknown position format {fmt}")
     kinds = _KINDS
     return Position(
@@ -280,4 +290,7 @@ def from_primitive(data: list[Any]) -> Position:
             for src, eid, sku, loc, kind, at, qty, ref in pending
         ),
         settled_ids=tuple((src, eid, at) for src, eid, at in ids),
+        netting=None
+        if netting is None
+        else OpenWindow(netting[0], tuple((reason, units) for reason, units in netting[1])),
     )

@@ -1,11 +1,13 @@
 """The Faust app: topics, the positions table and the fold agent, wired from settings.
 
-Delivery guarantee: at-least-once input with idempotent effects. Faust commits offsets only for
-acked events; the fold agent acks an event only after the broker acknowledged its batch's
-changelog records and outputs (:mod:`streams.delivery`), and never acks one whose partition was
-taken by a rebalance meanwhile (:mod:`streams.fold_batch`). On a rebalance Faust waits for
-every started event to be acked before it commits and gives partitions away, so in-flight
-outputs are durable before another worker takes over. Faust's ``exactly_once`` mode is not used.
+Delivery guarantee: at-least-once input with idempotent effects. An agent reports an event
+folded (and acks it) only after the broker acknowledged its batch's changelog records and
+outputs (:mod:`streams.delivery`), and never one whose partition was taken by a rebalance
+meanwhile (:mod:`streams.fold_batch`). The consumer commits, per partition, only offsets below
+every folded event (:mod:`streams.offset_guard`), not Faust's own ack bookkeeping. On a
+rebalance Faust waits for every started event to be acked before it commits and gives
+partitions away, so in-flight outputs are durable before another worker takes over. Faust's
+``exactly_once`` mode is not used.
 """
 
 from __future__ import annotations
@@ -132,7 +134,10 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
 
     @app.agent(raw_topic(discrepancies_topic), name="discrepancies")
     async def keep_discrepancies(stream: faust.StreamT) -> None:
+        guard = cast(PromptConsumer, app.consumer).offset_guard
         async for event in stream.events():  # per event: Faust's table API needs it
+            # committable once folded: Faust flushes the table's changelog before it commits
+            guard.on_folded(event.message.tp, event.message.offset)
             try:
                 record = codec.decode(event.message.topic, event.value)
             except DecodeError as exc:  # our own topic: a bug, not input data
@@ -189,6 +194,7 @@ def _batched(
         acker = asyncio.ensure_future(
             _ack_when_delivered(app, faust_stream, in_flight, stores, progress)
         )
+        acker.add_done_callback(lambda task: _crash_if_failed(app, task))
         try:
             batches = faust_stream.noack_take(
                 settings.batch_max, within=settings.batch_within_ms / 1000
@@ -204,6 +210,18 @@ def _batched(
             acker.cancel()
 
     return agent
+
+
+_CRASHING: set[asyncio.Future[None]] = set()
+
+
+def _crash_if_failed(app: faust.App, task: asyncio.Future[None]) -> None:
+    """A dead acker would leave every later event unacked: stop the worker instead."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.critical("the acker failed; stopping the worker: %r", exc, exc_info=exc)
+        crash = asyncio.ensure_future(app.crash(exc))
+        _CRASHING.add(crash)
+        crash.add_done_callback(_CRASHING.discard)
 
 
 async def _ack_when_delivered(
@@ -222,9 +240,11 @@ async def _ack_when_delivered(
         now = time.time()
         for published_at in ticket.published_at:
             metrics.EVENT_TO_PUBLISH.observe(now - published_at)
+        guard = cast(PromptConsumer, app.consumer).offset_guard
         for event in events:
-            await stream.ack(event)
             message = event.message
+            guard.on_folded(message.tp, message.offset)
+            await stream.ack(event)  # releases it for Faust's rebalance wait; commits: the guard
             progress.on_acked(message.tp, message.offset, message.timestamp)
 
 

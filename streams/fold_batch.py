@@ -68,8 +68,9 @@ class _Touched:
 
     position: OpenPosition
     offsets: dict[str, int]
-    event: EventT
+    partition: int
     version_before: int
+    event: EventT | None = None  # None: touched only to close its ERP window
     redelivered: bool = False
 
 
@@ -104,6 +105,10 @@ class BatchFolder:
         self.availability = availability
         self.dead_letters = dead_letters
         self.discrepancies = topics.COUNT_DISCREPANCIES.full_name(settings)
+        self.erp_deltas = topics.ERP_STOCK_DELTAS.full_name(settings)
+        # per partition: key -> end of its open ERP netting window (this generation's partitions)
+        self.open_windows: dict[int, dict[bytes, int]] = {}
+        self.windows_generation: int | None = None
         self.parsers: dict[str, Parser] = {
             topics.POS_SALES.full_name(settings): sale_from_record,
             topics.WMS_MOVEMENTS.full_name(settings): movement_from_record,
@@ -151,6 +156,7 @@ class BatchFolder:
                 outcome = folded.value
             counted = (message.topic, outcome)
             outcomes[counted] = outcomes.get(counted, 0) + 1
+        self._close_due_windows({event.message.partition for event in events}, touched)
         self._write_and_publish(touched, ticket)
         send_dead_letters(letters, self.codec, self.outputs, ticket, self.dead_letters)
         result.ackable = list(events)
@@ -167,9 +173,10 @@ class BatchFolder:
         for key, entry in touched.items():
             position = entry.position.close(lateness_ms=self.settings.lateness_ms)
             value = orjson.dumps({"p": to_primitive(position), "o": entry.offsets})
-            partition = entry.event.message.partition
+            partition = entry.partition
             writes.setdefault(partition, []).append((key, value))
             self.cache.put(key, entry.position, entry.offsets)
+            self._index_window(partition, key, entry.position)
             if position.version != entry.version_before or entry.redelivered:
                 changed.append((key, entry))
         for partition, items in writes.items():
@@ -178,11 +185,58 @@ class BatchFolder:
                 self.outputs.produce(ticket, changelog, key, value, partition)
         for key, entry in changed:
             self._publish(key, entry.position, ticket)
-            ticket.published_at.append(entry.event.message.timestamp)
+            if entry.event is not None:
+                ticket.published_at.append(entry.event.message.timestamp)
         for entry in touched.values():
             for settled in entry.position.settled_counts:
                 self._report_count(settled, ticket)
             entry.position.settled_counts.clear()
+            for delta in entry.position.netting.deltas:
+                value = self.codec.encode(topics.ERP_STOCK_DELTAS, delta.to_record())
+                key = topics.make_key(delta.sku, delta.location).encode()
+                self.outputs.produce(ticket, self.erp_deltas, key, value)
+            entry.position.netting.deltas.clear()
+
+    def _close_due_windows(self, partitions: set[int], touched: dict[bytes, _Touched]) -> None:
+        """Advance every position of ``partitions`` whose ERP netting window the partition's
+        watermark has passed (by the lateness bound), so a key that went quiet still gets its
+        last window delivered; the deltas are queued by :meth:`_write_and_publish`."""
+        lateness_ms = self.settings.lateness_ms
+        for partition in partitions:
+            watermark = self.clock.watermark(partition)
+            horizon = watermark - lateness_ms
+            index = self._windows_of(partition)
+            due = [key for key, end in index.items() if end <= horizon]
+            missing = [key for key in due if key not in touched]
+            for key, entry in self._open_positions(partition, missing).items():
+                touched[key] = entry
+            for key in due:
+                position = touched[key].position
+                position.netting.key = topics.split_key(key.decode())
+                position.advance(watermark, lateness_ms=lateness_ms)
+
+    def _windows_of(self, partition: int) -> dict[bytes, int]:
+        """The open-window index of ``partition``, rebuilt from its store once per generation."""
+        generation = self.table.app.consumer_generation_id
+        if generation != self.windows_generation:
+            self.open_windows, self.windows_generation = {}, generation
+        index = self.open_windows.get(partition)
+        if index is None:
+            index = self.open_windows[partition] = {}
+            window_ms = self.settings.erp_window_ms
+            for key, value in self.store.items(partition):
+                netting = from_primitive(orjson.loads(value)["p"]).netting
+                if netting is not None:
+                    index[key] = netting.start + window_ms
+        return index
+
+    def _index_window(self, partition: int, key: bytes, position: OpenPosition) -> None:
+        index = self._windows_of(partition)
+        netting = position.netting.open
+        if netting is None:
+            index.pop(key, None)
+        else:
+            index[key] = netting.start + self.settings.erp_window_ms
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
         """The event as the domain sees it, or None after adding its dead letter."""
@@ -212,33 +266,47 @@ class BatchFolder:
         return stock_event
 
     def _load(self, valid: list[tuple[EventT, StockEvent, int]]) -> dict[bytes, _Touched]:
-        """The positions of every key in the batch: from the cache, else from the store (one
-        multi-get per partition)."""
+        """The open positions of every key in the batch."""
         first: dict[bytes, EventT] = {}
         for event, stock_event, _ in valid:
             first.setdefault(stock_event.key.encode(), event)
-        self.cache.for_generation(self.table.app.consumer_generation_id)
-        touched: dict[bytes, _Touched] = {}
         by_partition: dict[int, list[bytes]] = {}
         for key, event in first.items():
-            cached = self.cache.take(key)
-            if cached is not None:
-                open_position, offsets = cached
-                touched[key] = _Touched(open_position, offsets, event, open_position.version)
-            else:
-                by_partition.setdefault(event.message.partition, []).append(key)
+            by_partition.setdefault(event.message.partition, []).append(key)
+        touched: dict[bytes, _Touched] = {}
         for partition, keys in by_partition.items():
-            stored = self.store.get_many(partition, keys)
-            for key, value in zip(keys, stored, strict=True):
-                if value is None:
-                    position, offsets = Position(), {}
-                else:
-                    data = orjson.loads(value)
-                    position, offsets = from_primitive(data["p"]), data["o"]
-                touched[key] = _Touched(
-                    OpenPosition(position), offsets, first[key], position.version
-                )
+            for key, entry in self._open_positions(partition, keys).items():
+                entry.event = first[key]
+                touched[key] = entry
         return touched
+
+    def _open_positions(self, partition: int, keys: list[bytes]) -> dict[bytes, _Touched]:
+        """Open positions of ``keys`` (all of ``partition``): from the cache, else from the
+        store (one multi-get)."""
+        self.cache.for_generation(self.table.app.consumer_generation_id)
+        opened: dict[bytes, _Touched] = {}
+        missing: list[bytes] = []
+        for key in keys:
+            cached = self.cache.take(key)
+            if cached is None:
+                missing.append(key)
+            else:
+                open_position, offsets = cached
+                opened[key] = _Touched(open_position, offsets, partition, open_position.version)
+        stored = self.store.get_many(partition, missing) if missing else []
+        for key, value in zip(missing, stored, strict=True):
+            if value is None:
+                position, offsets = Position(), {}
+            else:
+                data = orjson.loads(value)
+                position, offsets = from_primitive(data["p"]), data["o"]
+            opened[key] = _Touched(
+                OpenPosition(position, self.settings.erp_window_ms),
+                offsets,
+                partition,
+                position.version,
+            )
+        return opened
 
     def _publish(self, key: bytes, position: OpenPosition, ticket: Ticket) -> None:
         sku, location = topics.split_key(key.decode())

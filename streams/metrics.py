@@ -47,6 +47,11 @@ SOURCE_LAST_EVENT = Gauge(
     "Wall-clock time (unix seconds) this worker last received an event from the topic.",
     ["topic"],
 )
+REFETCHES = Counter(
+    "invsync_input_refetches_total",
+    "Input partitions fetched again because a record was never delivered to the agent.",
+    ["topic"],
+)
 REBALANCES = Counter("invsync_rebalances_total", "Partition assignments this worker received.")
 ASSIGNED_PARTITIONS = Gauge("invsync_assigned_partitions", "Partitions assigned to this worker.")
 SINK_RETRIES = Counter("invsync_sink_retries_total", "Retried deliveries, by sink.", ["sink"])

@@ -38,7 +38,7 @@ def local_stack() -> None:
     stack.up(load_settings())
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -74,7 +74,7 @@ class Deployment:
             | self.env
             | {
                 "INVSYNC_STATE_DIR": str(state),
-                "INVSYNC_WEB_PORT": str(self.web_ports.setdefault(name, _free_port())),
+                "INVSYNC_WEB_PORT": str(self.web_ports.setdefault(name, free_port())),
             }
         )
         log = (self.tmp / f"worker-{name}.log").open("ab")

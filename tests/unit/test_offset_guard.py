@@ -1,0 +1,84 @@
+"""The commit frontier never passes an offset that was not folded (streams/offset_guard.py)."""
+
+from __future__ import annotations
+
+from faust.types import TP
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.offset_guard import OffsetGuard
+
+TP0 = TP("pos.sales", 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@given(
+    start=st.integers(0, 20),
+    folded=st.lists(st.integers(0, 60), max_size=60),
+    early=st.integers(0, 60),
+)
+def test_frontier_is_the_first_offset_not_folded(start: int, folded: list[int], early: int) -> None:
+    guard = OffsetGuard()
+    before, after = folded[:early], folded[early:]
+    for offset in before:  # folded before the consumer seeked (Faust fetches before seeking)
+        guard.on_folded(TP0, offset)
+    assert guard.frontier(TP0) is None
+    guard.start(TP0, start)
+    for offset in after:
+        guard.on_folded(TP0, offset)
+    expected = start
+    while expected in set(folded):
+        expected += 1
+    assert guard.frontier(TP0) == expected
+
+
+def test_a_hole_right_after_the_committed_offset_holds_the_commit() -> None:
+    guard = OffsetGuard()
+    guard.start(TP0, 121)
+    for offset in range(122, 130):
+        guard.on_folded(TP0, offset)
+    assert guard.frontier(TP0) == 121
+    guard.on_folded(TP0, 121)
+    assert guard.frontier(TP0) == 130
+
+
+def test_a_new_assignment_forgets_the_old_frontier() -> None:
+    guard = OffsetGuard()
+    guard.start(TP0, 10)
+    guard.on_folded(TP0, 10)
+    guard.forget(guard.partitions())
+    assert guard.frontier(TP0) is None
+    assert guard.partitions() == []
+
+
+def test_stuck_partitions_are_those_behind_existing_records_for_long() -> None:
+    clock = Clock()
+    guard = OffsetGuard(clock)
+    guard.start(TP0, 5)
+    guard.on_folded(TP0, 7)  # 5 and 6 missing
+    other = TP("pos.sales", 1)
+    guard.start(other, 3)  # caught up: the log ends at 3
+    ends = {TP0: 8, other: 3}
+    assert guard.stuck(ends.get, after_s=15) == []
+    clock.now = 20
+    assert guard.stuck(ends.get, after_s=15) == [TP0]
+    guard.waited(TP0)
+    assert guard.stuck(ends.get, after_s=15) == []
+
+
+def test_skipping_non_records_moves_over_folded_offsets_beyond_them() -> None:
+    guard = OffsetGuard()
+    guard.start(TP0, 5)
+    guard.on_folded(TP0, 7)
+    guard.on_folded(TP0, 8)
+    guard.skip_to(TP0, 7)  # the broker: no records at 5 and 6 (transaction markers)
+    assert guard.frontier(TP0) == 9
+    guard.skip_to(TP0, 3)  # never backwards
+    assert guard.frontier(TP0) == 9
