@@ -480,7 +480,7 @@ def _kafka_command(settings: Settings, layout: _Layout) -> list[str]:
     return [
         java,
         "-Xms256m",
-        "-Xmx512m",
+        "-Xmx1g",
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{layout.kafka_log4j}",
         f"-Dkafka.logs.dir={layout.logs}",
