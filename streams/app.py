@@ -33,6 +33,7 @@ from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
 from streams.hold_batch import HoldFolder
 from streams.partition_store import PartitionStore
+from streams.query_api import register_query_api
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     positions = app.Table(
         POSITIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
+    register_query_api(app, settings, positions)
     reservations = app.Table(
         RESERVATIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )

@@ -20,9 +20,11 @@ event left unacked there would be committed over (Faust's commit accepts one mis
 right after the committed one), i.e. lost. A batch is synchronous, so the assignment cannot
 change while it folds.
 
-Redeliveries after a crash are recognised by offset: each stored position remembers the last
-offset of every input topic applied to it, so a replayed event is skipped exactly (and its
-position re-written and re-published, in case the crash hit before the outputs were delivered).
+Redeliveries are recognised by offset, exactly (:mod:`streams.applied_offsets`): each stored
+position remembers the last offset of every input topic applied to it, and each partition store
+which offsets were applied, so a replayed event is skipped (and its position re-written and
+re-published, in case the crash hit before the outputs were delivered) while a record Faust
+delivers late, after later ones of the same key, is still applied.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from state.events import (
 )
 from state.position import OpenPosition, Position, SettledCount, from_primitive, to_primitive
 from streams import metrics, topics
+from streams.applied_offsets import MARK_KEY, AppliedOffsets
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter, send_dead_letters
 from streams.delivery import Outputs, Ticket
@@ -116,6 +119,13 @@ class BatchFolder:
             topics.RESERVED_DELTAS.full_name(settings): reserved_delta_from_record,
         }
         self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
+        self.applied = AppliedOffsets(
+            lambda partition: self.store.get_many(partition, [MARK_KEY])[0], self._frontier
+        )
+
+    def _frontier(self, topic: str, partition: int) -> int | None:
+        guard = getattr(self.table.app.consumer, "offset_guard", None)
+        return None if guard is None else guard.frontier(TP(topic, partition))
 
     def _highwater(self, topic: str, partition: int) -> int | None:
         try:
@@ -131,6 +141,7 @@ class BatchFolder:
         letters: list[DeadLetter] = []
         valid: list[tuple[EventT, StockEvent, int]] = []  # with the watermark at its arrival
         events = owned(self.table.app, events)
+        self.applied.for_generation(self.table.app.consumer_generation_id)
         for event in events:
             stock_event = self._decode(event, letters)
             if stock_event is None:
@@ -145,17 +156,21 @@ class BatchFolder:
             message = event.message
             entry = touched[stock_event.key.encode()]
             entry.event = event
-            if message.offset <= entry.offsets.get(message.topic, -1):
+            key_offset = entry.offsets.get(message.topic, -1)
+            if self.applied.applied(message.topic, message.partition, message.offset, key_offset):
                 entry.redelivered = True
                 outcome = "redelivered"
             else:
-                entry.offsets[message.topic] = message.offset
+                entry.offsets[message.topic] = max(key_offset, message.offset)
                 folded = entry.position.fold(
                     stock_event, lateness_ms=lateness_ms, watermark=watermark
                 )
                 outcome = folded.value
             counted = (message.topic, outcome)
             outcomes[counted] = outcomes.get(counted, 0) + 1
+        for event in events:  # applied, recognised as applied, or dead-lettered
+            message = event.message
+            self.applied.folded(message.topic, message.partition, message.offset)
         self._close_due_windows({event.message.partition for event in events}, touched)
         self._write_and_publish(touched, ticket)
         send_dead_letters(letters, self.codec, self.outputs, ticket, self.dead_letters)
@@ -180,6 +195,7 @@ class BatchFolder:
             if position.version != entry.version_before or entry.redelivered:
                 changed.append((key, entry))
         for partition, items in writes.items():
+            items.append((MARK_KEY, self.applied.mark_value(partition)))  # same batch, same log
             self.store.put_many(partition, items)  # local store first: see mark_changelog_applied
             for key, value in items:
                 self.outputs.produce(ticket, changelog, key, value, partition)
@@ -225,6 +241,8 @@ class BatchFolder:
             index = self.open_windows[partition] = {}
             window_ms = self.settings.erp_window_ms
             for key, value in self.store.items(partition):
+                if key == MARK_KEY:
+                    continue
                 netting = from_primitive(orjson.loads(value)["p"]).netting
                 if netting is not None:
                     index[key] = netting.start + window_ms
