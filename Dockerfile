@@ -23,6 +23,7 @@ COPY state ./state
 COPY streams ./streams
 COPY sinks ./sinks
 COPY schemas ./schemas
+COPY docs/openapi.yaml ./docs/openapi.yaml
 # Editable: streams/topics.py reads schemas/avro next to the source tree (not package data).
 # Byte-compiled here because the root filesystem is read-only at run time.
 RUN pip install --no-deps -e . \
