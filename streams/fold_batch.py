@@ -49,7 +49,7 @@ from state.events import (
     reserved_delta_from_record,
     sale_from_record,
 )
-from state.position import OpenPosition, Position, SettledCount, from_primitive, to_primitive
+from state.position import NEVER, OpenPosition, Position, SettledCount, from_primitive, to_primitive
 from streams import metrics, topics
 from streams.applied_offsets import MARK_KEY, AppliedOffsets
 from streams.codec import Codec, DecodeError
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 Parser = Callable[[dict[str, Any]], StockEvent]
 
 CACHED_POSITIONS = 100_000  # open positions kept in memory between batches (LRU)
+MAX_TIME = 2**62  # later than any event time (millis)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class BatchFolder:
         self.erp_deltas = topics.ERP_STOCK_DELTAS.full_name(settings)
         # per partition: key -> end of its open ERP netting window (this generation's partitions)
         self.open_windows: dict[int, dict[bytes, int]] = {}
+        self.next_due: dict[int, int] = {}  # per partition: no window ends before this
         self.windows_generation: int | None = None
         self.parsers: dict[str, Parser] = {
             topics.POS_SALES.full_name(settings): sale_from_record,
@@ -222,7 +224,13 @@ class BatchFolder:
             watermark = self.clock.watermark(partition)
             horizon = watermark - lateness_ms
             index = self._windows_of(partition)
+            if horizon < self.next_due.get(partition, NEVER):
+                continue  # no window can be due: skip the scan (the common case)
             due = [key for key, end in index.items() if end <= horizon]
+            # swept keys that open a new window lower this again in _index_window
+            self.next_due[partition] = min(
+                (end for end in index.values() if end > horizon), default=MAX_TIME
+            )
             missing = [key for key in due if key not in touched]
             for key, entry in self._open_positions(partition, missing).items():
                 touched[key] = entry
@@ -236,6 +244,7 @@ class BatchFolder:
         generation = self.table.app.consumer_generation_id
         if generation != self.windows_generation:
             self.open_windows, self.windows_generation = {}, generation
+            self.next_due = {}
         index = self.open_windows.get(partition)
         if index is None:
             index = self.open_windows[partition] = {}
@@ -254,7 +263,9 @@ class BatchFolder:
         if netting is None:
             index.pop(key, None)
         else:
-            index[key] = netting.start + self.settings.erp_window_ms
+            end = index[key] = netting.start + self.settings.erp_window_ms
+            if end < self.next_due.get(partition, NEVER):
+                self.next_due[partition] = end
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
         """The event as the domain sees it, or None after adding its dead letter."""
