@@ -34,9 +34,8 @@ Policies:
   (:meth:`ClassAccuracy.learn`, starting from :data:`PRIORS`; a position's first count is not
   learned from).
 
-``project()`` takes no ``accuracy`` argument yet, so :func:`_assess` repeats its glue (the same
-inputs: count age, units moved, silence since the last sale or count, ``velocity_per_day``) and
-calls :func:`state.confidence.assess` with the learned accuracy.
+Each decision assesses the recorded ledger with :func:`state.availability.assess_ledger`, the
+function the worker's ``project()`` uses, with the accuracy learned so far.
 
 Calibration: the stated ``confidence(1)`` of every decision is bucketed into deciles, and each
 bucket reports ``[mean stated, observed share of decisions with >= 1 truly sellable]``.
@@ -56,10 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from state.availability import velocity_per_day
-from state.confidence import PRIORS, Assessment, ClassAccuracy, assess
+from state.availability import assess_ledger
+from state.confidence import PRIORS, ClassAccuracy
 from state.events import Kind, StockEvent
 from state.position import Ledger, apply
+from state.trading_hours import ALWAYS_OPEN, TradingHours
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -119,15 +119,24 @@ DEFAULTS: dict[str, Any] = {
     },
     "policies": {
         "static_buffer_rule": "min_cost",  # or "phantom_target"
-        "phantom_cost": 1.0,
+        "phantom_cost": 4.0,  # a promised unit that is not there costs ~4 lost sales
         "phantom_target": 0.01,
         "max_buffer": 10,
-        "min_confidence": {"store": 0.9, "dc": 0.8},
-        # silence since the last sale for the freezing evidence: "calendar" as project() does
-        # today, or "trading" (only trading hours count, as the confidence model asks)
-        "silence_clock": "calendar",
+        # per location type; empty: the break-even of the phantom cost, c / (1 + c)
+        "min_confidence": {},
+        # silence since the last sale for the freezing evidence: "trading" (only the location
+        # type's trading hours count, as the confidence model asks) or "calendar"
+        "silence_clock": "trading",
     },
 }
+
+
+def min_confidence(scenario: dict[str, Any]) -> dict[str, float]:
+    """The confidence policy's minimum per location type: the scenario's, else the break-even
+    of its phantom cost ``c`` (offering a unit pays when P(there) * 1 >= (1 - P) * c)."""
+    pol = scenario["policies"]
+    cost = float(pol["phantom_cost"])
+    return {k: float(pol["min_confidence"].get(k, cost / (1.0 + cost))) for k in TYPES}
 
 
 def load_scenario(path: str | Path) -> dict[str, Any]:
@@ -224,41 +233,6 @@ def _hour_profile(params: dict[str, Any], demand: dict[str, Any]) -> list[float]
     return [r / total for r in raw]
 
 
-def _open_ms(at: int, hours: tuple[int, int]) -> float:
-    """Trading milliseconds from 0 to ``at``, scaled to calendar days (a full trading day
-    counts as one day), for trading hours ``[open, close)``."""
-    open_h, close_h = hours
-    length = (close_h - open_h) * HOUR_MS
-    day, rest = divmod(at, DAY_MS)
-    return (day * length + min(length, max(0, rest - open_h * HOUR_MS))) * DAY_MS / length
-
-
-def _assess(
-    ledger: Ledger, now: int, accuracy: ClassAccuracy, hours: tuple[int, int] | None = None
-) -> Assessment:
-    """What ``project()`` computes, with a learned ``accuracy`` instead of the prior.
-
-    ``hours`` (trading hours) measures the silence since the last sale in trading time, as the
-    confidence model asks (``v * t`` = demand expected over the silence); ``None`` measures it
-    in calendar time, as ``project()`` does today.
-    """
-    now = max(now, ledger.as_of)
-    count_age = None if ledger.last_count_at is None else max(0, now - ledger.last_count_at)
-    sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]
-    silence = max(0, now - max(sightings)) if sightings else None
-    if silence is not None and hours is not None:
-        silence = round(_open_ms(now, hours) - _open_ms(now - silence, hours))
-    return assess(
-        ledger.on_hand,
-        ledger.reserved,
-        units_moved_since_count=ledger.moved_since_count,
-        last_count_age_ms=count_age,
-        since_last_sale_ms=silence,
-        velocity_per_day=velocity_per_day(ledger),
-        accuracy=accuracy,
-    )
-
-
 @dataclass(slots=True)
 class Outcome:
     """What one simulation run produced."""
@@ -287,14 +261,14 @@ def simulate(
     profile = {k: _hour_profile(params[k], dem) for k in TYPES}
     weekly = [w * 7 / sum(dem["weekly"]) for w in dem["weekly"]]
     peak_rate = {k: max(profile[k]) * max(weekly) for k in TYPES}  # per hour per unit velocity
-    min_conf = {k: float(pol["min_confidence"][k]) for k in TYPES}
+    min_conf = min_confidence(scenario)
     max_buffer = int(pol["max_buffer"])
     if pol["silence_clock"] not in ("calendar", "trading"):
         raise ValueError(f"scenario: unknown silence_clock {pol['silence_clock']!r}")
-    trading: dict[str, tuple[int, int] | None] = {
-        k: (params[k]["open_hour"], params[k]["close_hour"])
+    trading = {
+        k: TradingHours(params[k]["open_hour"], params[k]["close_hour"]).check()
         if pol["silence_clock"] == "trading"
-        else None
+        else ALWAYS_OPEN
         for k in TYPES
     }
     days = int(scenario["days"])
@@ -413,14 +387,17 @@ def simulate(
                 cell = curve[k][2 * min(atp, max_buffer + 1) + (truly >= 1)]
                 cell[2] += 1
                 if assess_confidence:
-                    a = _assess(ledger, at, accuracy[k], trading[k])
+                    a = assess_ledger(
+                        ledger, stream_time=at, accuracy=accuracy[k], trading_hours=trading[k]
+                    )
                     offered = min(atp, a.offerable(min_conf[k]))
                     tallies["confidence"].add(k, offered, truly)
-                    stated = a.confidence(1)
-                    bucket = calibration[min(9, int(stated * 10))]
-                    bucket[0] += stated
-                    bucket[1] += truly >= 1
-                    bucket[2] += 1
+                    if atp >= 1:  # a unit the record would promise: its stated confidence
+                        stated = a.confidence(1)
+                        bucket = calibration[min(9, int(stated * 10))]
+                        bucket[0] += stated
+                        bucket[1] += truly >= 1
+                        bucket[2] += 1
             if site.true >= 1:
                 site.true -= 1
                 counts["sales"] += 1
@@ -468,7 +445,7 @@ def simulate(
             if before.last_count_at is not None and after.last_discrepancy is not None:
                 days_between = (at - before.last_count_at) / DAY_MS
                 accuracy[site.kind] = accuracy[site.kind].learn(
-                    after.last_discrepancy, before.moved_since_count, days_between
+                    after.last_discrepancy, before.moved_since_count, days_between, counted
                 )
                 counts["learned_from"] += 1
             review(index, hour)
@@ -515,6 +492,9 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
     calibration = [[s / n, o / n] for s, o, n in outcome.calibration if n]
     calibration_n = [n for _, _, n in outcome.calibration if n]
     policies = {name: outcome.tallies[name].shares() for name in POLICIES}
+    cost = float(scenario["policies"]["phantom_cost"])
+    for metrics in policies.values():
+        metrics["expected_cost"] = cost * metrics["phantom"] + metrics["hidden"]
     static, conf = policies["static_buffer"], policies["confidence"]
     worst = max(
         (abs(s - o) for (s, o), n in zip(calibration, calibration_n, strict=True) if n >= 100),
@@ -523,6 +503,9 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
     target = {
         "phantom_ratio": conf["phantom"] / static["phantom"] if static["phantom"] else None,
         "phantom_met": conf["phantom"] <= 0.2 * static["phantom"],
+        "cost_ratio": conf["expected_cost"] / static["expected_cost"]
+        if static["expected_cost"]
+        else None,
         "hidden_met": conf["hidden"] <= static["hidden"],
         "calibration_max_error": worst,
         "calibration_met": worst <= 0.05,
@@ -540,7 +523,8 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
             "tuning_seed": scenario["tuning_seed"],
             "curve": curves,  # per type: [buffer, phantom, hidden] on the tuning run
         },
-        "min_confidence": scenario["policies"]["min_confidence"],
+        "min_confidence": min_confidence(scenario),
+        "phantom_cost": cost,
         "learned_accuracy": {
             k: {
                 "loss_rate": a.loss_rate,
@@ -582,12 +566,12 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"scenario {result['scenario']}: {result['counts']['decisions']} decisions, "
         f"buffers {result['static_buffers']}, min_confidence {result['min_confidence']}",
-        f"{'policy':<14}{'phantom':>9}{'hidden':>9}   store ph/hi      dc ph/hi",
+        f"{'policy':<14}{'phantom':>9}{'hidden':>9}{'cost':>9}   store ph/hi      dc ph/hi",
     ]
     for name, m in result["policies"].items():
         s, d = m["by_location_type"]["store"], m["by_location_type"]["dc"]
         lines.append(
-            f"{name:<14}{m['phantom']:>9.4f}{m['hidden']:>9.4f}   "
+            f"{name:<14}{m['phantom']:>9.4f}{m['hidden']:>9.4f}{m['expected_cost']:>9.4f}   "
             f"{s['phantom']:.4f}/{s['hidden']:.4f}   {d['phantom']:.4f}/{d['hidden']:.4f}"
         )
     t = result["target"]
@@ -597,6 +581,11 @@ def table(result: dict[str, Any]) -> str:
         f"{t['hidden_met']}, calibration max error {t['calibration_max_error']:.3f} "
         f"(<= 0.05: {t['calibration_met']})"
     )
+    if t["cost_ratio"] is not None:
+        lines.append(
+            f"expected cost (phantom cost {result['phantom_cost']:g} x phantom + hidden): "
+            f"confidence {t['cost_ratio']:.2f} x the static buffer's"
+        )
     eq = result["static_buffer_at_confidence_hidden"]["store"]
     lines.append(
         f"stores at equal hidden: static buffer {eq['buffer']} -> phantom {eq['phantom']:.4f}, "

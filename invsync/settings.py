@@ -16,6 +16,11 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from state.confidence import PRIORS
+from state.trading_hours import ALWAYS_OPEN, TradingHours
+
+LOCATION_TYPES = frozenset(PRIORS)
+
 ENV_PREFIX = "INVSYNC_"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -71,6 +76,12 @@ class Settings(BaseSettings):
         0, ge=0, le=10, description="warm copies of each table partition kept by other workers"
     )
     web_port: int = Field(6066, ge=1, le=65535, description="worker HTTP port (metrics, health)")
+    trading_hours: Annotated[dict[str, TradingHours], NoDecode] = Field(
+        "",  # parsed by _parse_trading_hours
+        validate_default=True,
+        description="open hours (UTC) per location type, e.g. store=8-22; a silence since the "
+        "last sale counts only open hours (phantom-stock evidence); unset types: always open",
+    )
     batch_max: int = Field(2000, ge=1, le=100_000, description="max events folded per batch")
     batch_within_ms: int = Field(50, ge=1, le=60_000, description="max wait to fill a batch")
     lateness_ms: int = Field(
@@ -93,6 +104,11 @@ class Settings(BaseSettings):
         60.0, gt=0, description="give up (exit non-zero) if Kafka/registry stay unreachable"
     )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
+    metrics_enabled: bool = Field(
+        True,
+        description="the worker's metrics; false only to measure their cost: "
+        "/metrics then serves nothing of the worker's own",
+    )
 
     # --- sinks (separate processes: invsync sink redis|erp) ----------------------------------
     redis_batch: int = Field(
@@ -146,6 +162,27 @@ class Settings(BaseSettings):
             if not _NAME.match(name):
                 raise ValueError(f"channel {name!r} must match {_NAME.pattern}")
         return value
+
+    @field_validator("trading_hours", mode="before")
+    @classmethod
+    def _parse_trading_hours(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hours: dict[str, TradingHours] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            kind, _, span = part.partition("=")
+            open_h, _, close_h = span.partition("-")
+            if kind.strip() not in LOCATION_TYPES or not (open_h.isdigit() and close_h.isdigit()):
+                raise ValueError(
+                    f"{part!r} is not <type>=<open>-<close> with a type in "
+                    f"{sorted(LOCATION_TYPES)}, e.g. store=8-22"
+                )
+            hours[kind.strip()] = TradingHours(int(open_h), int(close_h)).check()
+        return hours
+
+    def hours_of(self, location_type: str) -> TradingHours:
+        """The trading hours of a location type (always open unless configured)."""
+        return self.trading_hours.get(location_type, ALWAYS_OPEN)
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -6,9 +6,10 @@
 #   2. helm lint --strict, default values and helm/values-production.yaml;
 #   3. helm template both; the objects against the Kubernetes schemas (kubernetes-validate,
 #      strict), prometheus-operator resources structurally;
-#   4. a bad values file (negative replicas) must fail;
+#   4. bad values files (negative replicas; the ERP dispatcher forced on without a URL) must fail;
 #   5. docker-compose.yml against the Compose specification (check-jsonschema's vendored schema);
-#   6. pytest tests/deploy (wiring to invsync/settings.py: env vars, ports, channels, topics).
+#   6. pytest tests/deploy (wiring to invsync/settings.py: env vars, ports, channels, topics;
+#      the worker, the Redis sink and the ERP dispatcher: commands, probes, scrape jobs).
 # Needs helm (ops/install-helm.sh) and the dev extra in .venv (kubernetes-validate,
 # check-jsonschema). Rendered manifests are kept in .stack/deploy/ for inspection.
 set -euo pipefail
@@ -68,6 +69,11 @@ if "$HELM" template invsync helm/invsync -f "$OUT/bad-values.yaml" > /dev/null 2
   echo "helm template accepted replicaCount: -1" >&2; exit 1
 fi
 echo "replicaCount: -1 rejected: $(grep -m1 replicaCount "$OUT/bad-values.err" | sed 's/^ *//')"
+printf 'erpDispatcher:\n  enabled: true\n' > "$OUT/bad-erp.yaml"   # forced on, no ERP URL
+if "$HELM" template invsync helm/invsync -f "$OUT/bad-erp.yaml" > /dev/null 2> "$OUT/bad-erp.err"; then
+  echo "helm template accepted erpDispatcher.enabled: true without an ERP URL" >&2; exit 1
+fi
+echo "erpDispatcher.enabled: true without erp.url rejected: $(grep -o 'no ERP URL is set' "$OUT/bad-erp.err")"
 
 step "docker-compose.yml against the Compose specification (not run: no Docker engine here)"
 $PY -m check_jsonschema --builtin-schema vendor.compose-spec docker-compose.yml

@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from state.channel_policy import Channel, default_channel, offer
-from state.confidence import DAY_MS, PRIORS, assess
+from state.confidence import DAY_MS, PRIORS, Assessment, ClassAccuracy, assess
 from state.position import Ledger
+from state.trading_hours import ALWAYS_OPEN, TradingHours
 
 DEFAULT_MIN_CONFIDENCE = 0.0
 
@@ -57,13 +58,65 @@ def location_type(location: str) -> str:
     return "dc" if location[:2].upper() == "DC" else "store"
 
 
+# Gamma prior of an item's demand velocity: one unit in a week, so an item seen selling for a
+# few days is not assumed to sell like its busiest afternoon, and silence after a handful of
+# sales weighs little (see state.confidence.phantom_probability).
+VELOCITY_PRIOR_UNITS = 0.5
+VELOCITY_PRIOR_DAYS = 1.0
+
+
+class Velocity(NamedTuple):
+    """Posterior demand velocity of a position: Gamma(shape = ``evidence``, rate = evidence /
+    per_day), from the units demanded between the first event seen and the last sighting."""
+
+    per_day: float
+    evidence: float  # units of demand behind the estimate (prior included)
+
+
+def velocity(ledger: Ledger) -> Velocity:
+    """The item's normal demand at this location: units demanded (POS sales net of returns,
+    WMS picks) per day of *selling time* (``Ledger.selling_ms``: the gaps between sightings
+    that ended in a sale or in a count that found stock), with the Gamma prior
+    (:data:`VELOCITY_PRIOR_UNITS` over :data:`VELOCITY_PRIOR_DAYS`).
+
+    Left out on purpose: the silence since the last sighting (the evidence the freezing test
+    weighs; a phantom record would otherwise talk its own velocity down) and quiet spells that
+    a count ended by finding the shelf empty (the item could not sell).
+    """
+    units = VELOCITY_PRIOR_UNITS + max(0, ledger.units_sold)
+    return Velocity(units / (VELOCITY_PRIOR_DAYS + ledger.selling_ms / DAY_MS), units)
+
+
 def velocity_per_day(ledger: Ledger) -> float:
-    """Net units sold per day over the selling period seen (at least one day): the item's
-    normal demand, not the demand during a silence (which is zero by construction)."""
-    if ledger.first_sale_at is None or ledger.last_sale_at is None or ledger.units_sold <= 0:
-        return 0.0
-    days = max(1.0, (ledger.last_sale_at - ledger.first_sale_at) / DAY_MS)
-    return ledger.units_sold / days
+    """:func:`velocity`'s point estimate, units per day."""
+    return velocity(ledger).per_day
+
+
+def assess_ledger(
+    ledger: Ledger,
+    *,
+    stream_time: int,
+    accuracy: ClassAccuracy,
+    trading_hours: TradingHours = ALWAYS_OPEN,
+) -> Assessment:
+    """The confidence of one position at ``stream_time`` (event time, never the wall clock):
+    count age, units moved, the silence since the last sale or count in ``trading_hours``, and
+    the position's :func:`velocity`, weighed with ``accuracy`` (its location class's)."""
+    now = max(stream_time, ledger.as_of)
+    count_age = None if ledger.last_count_at is None else max(0, now - ledger.last_count_at)
+    sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]
+    silence = trading_hours.elapsed_ms(max(sightings), now) if sightings else None
+    demand = velocity(ledger)
+    return assess(
+        ledger.on_hand,
+        ledger.reserved,
+        units_moved_since_count=ledger.moved_since_count,
+        last_count_age_ms=count_age,
+        since_last_sale_ms=silence,
+        velocity_per_day=demand.per_day,
+        velocity_evidence=demand.evidence,
+        accuracy=accuracy,
+    )
 
 
 def project(
@@ -76,26 +129,16 @@ def project(
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     low_threshold: int = 2,
     policy: Channel | None = None,
+    accuracy: ClassAccuracy | None = None,
+    trading_hours: TradingHours = ALWAYS_OPEN,
 ) -> Availability:
     """What ``channel`` is offered of one position: its ``policy`` (eligibility, ATP terms,
     minimum confidence, buffers, cap, thresholds), or the default policy built from
     ``min_confidence`` and ``low_threshold``."""
-    now = max(stream_time, ledger.as_of)
     reserved = ledger.reserved
     kind = location_type(location)
-    count_age = None if ledger.last_count_at is None else max(0, now - ledger.last_count_at)
-    sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]
-    silence = max(0, now - max(sightings)) if sightings else None
-    velocity = velocity_per_day(ledger)
-    assessment = assess(
-        ledger.on_hand,
-        reserved,
-        units_moved_since_count=ledger.moved_since_count,
-        last_count_age_ms=count_age,
-        since_last_sale_ms=silence,
-        velocity_per_day=velocity,
-        accuracy=PRIORS[kind],
-    )
+    assessment = assess_ledger(ledger, stream_time=stream_time, accuracy=accuracy or PRIORS[kind],
+                               trading_hours=trading_hours)  # fmt: skip
     rules = policy or default_channel(
         channel, min_confidence=min_confidence, low_threshold=low_threshold
     )
@@ -125,9 +168,9 @@ def project(
         units_moved_since_count=ledger.moved_since_count,
         late_events=ledger.late,
         location_type=kind,
-        last_count_age_ms=count_age,
-        since_last_sale_ms=silence,
-        velocity_per_day=velocity,
+        last_count_age_ms=explanation.last_count_age_ms,
+        since_last_sale_ms=explanation.since_last_sale_ms,
+        velocity_per_day=explanation.velocity,
         loss_rate=explanation.loss_rate,
         expected_on_hand=explanation.mean,
         variance=explanation.variance,

@@ -21,10 +21,13 @@ The model (after DeHoratius, Mersereau & Schrage 2008), closed-form and determin
   the share of the residual's variance that ``k`` scales. Residuals are clipped at
   :data:`CLIP_SD` predictive standard deviations, so one fat-fingered count cannot swamp a class.
 * **Freezing (phantom stock).** A record can show stock that is not there; nobody can buy it, so
-  it stops selling. With a prior phantom probability ``pi`` per class, demand velocity ``v``
-  (units/day) and ``t`` days without a sale, P(no sale | stock present) = exp(-v t) and
-  ``pi' = pi / (pi + (1 - pi) exp(-v t))``; the position is ``frozen`` when ``pi' >=``
-  :data:`FROZEN_AT` and the record shows stock.
+  it stops selling. The shelf empties unseen at a hazard ``rho`` per day (learned per class from
+  counts that find it empty). After ``t`` days without a sale (trading time), with velocity
+  ``v`` ~ Gamma(n, n / v) and ``S(s) = (1 + v s / n) ** -n`` the chance of no sale in ``s``:
+  ``pi' = rho * int_0^t S(s) ds / (rho * int_0^t S(s) ds + S(t) exp(-rho t))`` - the stock
+  vanished at some point of the silence with no sale before it, against still there and
+  unsold. The position is ``frozen`` when ``pi' >=`` :data:`FROZEN_AT` and the record shows
+  stock.
 * **Confidence.** ``confidence(q) = (1 - pi') * P(Normal(mu - reserved, sigma^2) >= q - 0.5)`` for
   ``q >= 1`` (continuity correction), ``confidence(0) = 1``. A channel is offered the largest ``q``
   whose confidence meets its minimum, never more than ``recorded - reserved``.
@@ -37,9 +40,10 @@ ages in event time (stream time - event), never the wall clock, so a replay give
 
 Limits: sigma^2 uses the mean of ``k`` (a Normal, not the Student-t of the full posterior); the
 belief is not truncated at 0; a learned negative loss rate is learned but never used to raise mu.
-The phantom prior is per class and not learned; exp(-v t) assumes Poisson sales at a steady rate,
-so ``v * t`` must be the demand expected over the silence (use trading-hours velocity, and the
-item's normal velocity, not one measured over the silence itself, which is 0 by construction).
+``S`` assumes Poisson sales at a steady rate, so ``v * t`` must be the demand expected over the
+silence (trading hours, :mod:`state.trading_hours`; the item's normal velocity, not one measured
+over the silence itself, which is 0 by construction: :func:`state.availability.velocity`).
+The hazard integral is first order in ``rho`` (rho * t << 1).
 Learning never forgets: to follow a drifting class, refold a window of discrepancies from the
 prior.
 """
@@ -74,7 +78,8 @@ class ClassAccuracy:
     per_unit_var: float  # a: drift variance per unit moved (times k)
     per_day_var: float  # b: drift variance per day since the count (times k)
     count_error_var: float  # c: variance of one count's error
-    phantom_prior: float  # pi: prior probability that a stocked record is phantom
+    phantom_events: float  # Gamma posterior of the phantom-stock onset rate rho: shape ...
+    phantom_days: float  # ... and rate (position-days observed); rho = events / days
     uncounted_var: float  # extra error variance of a position never counted
     observations: int = 0  # discrepancies learned from
 
@@ -88,7 +93,8 @@ class ClassAccuracy:
             or self.k_scale <= 0
             or min(self.per_unit_var, self.per_day_var, self.uncounted_var) < 0
             or self.count_error_var <= 0
-            or not 0 <= self.phantom_prior < 1
+            or self.phantom_events <= 0
+            or self.phantom_days <= 0
             or self.observations < 0
         ):
             raise ValueError(f"accuracy term out of range: {self}")
@@ -97,6 +103,11 @@ class ClassAccuracy:
     def loss_rate(self) -> float:
         """Posterior mean of the unrecorded loss per unit moved (may be negative: net gains)."""
         return self.loss_mean
+
+    @property
+    def phantom_rate(self) -> float:
+        """Posterior mean of the phantom-stock onsets per position per (trading) day."""
+        return self.phantom_events / self.phantom_days
 
     @property
     def drift_scale(self) -> float:
@@ -114,15 +125,25 @@ class ClassAccuracy:
             base, days = base + self.uncounted_var, NEVER_COUNTED_DAYS
         return base + self.drift_var(units_moved, days) + self.loss_var * units_moved**2
 
-    def learn(self, discrepancy: float, units_moved: float, days: float) -> ClassAccuracy:
+    def learn(
+        self, discrepancy: float, units_moved: float, days: float, counted: float | None = None
+    ) -> ClassAccuracy:
         """The state after one count: ``discrepancy`` = counted - recorded as of the count,
-        ``units_moved`` and ``days`` since the previous count of the same position.
+        ``units_moved`` and ``days`` since the previous count of the same position, ``counted``
+        the units found (``None``: unknown, never taken for a phantom).
 
-        With ``k^ = E[k]``, drift ``D = k^ (a U + b T)``, noise ``N = D + 2c``, predictive variance
-        ``V = N + Var(lam) U^2`` and residual ``r = -d - lam U`` (clipped to +-CLIP_SD sqrt(V)):
-        ``lam`` takes the Normal-Normal update with observation ``lam U + r``, variance ``N``;
-        ``alpha += w / 2`` and ``beta += w k^ r^2 / (2 V)`` with ``w = D / V``, so ``E[k]`` moves
-        towards ``k^ r^2 / V`` (1 when the residual is as large as predicted).
+        **The shelf found empty**: a count that finds nothing (``counted == 0``) where the record
+        expected stock is an onset of what the freezing test looks for (phantom stock, or the
+        last units gone unrecorded), not drift: it adds one event to the onset rate's Gamma
+        posterior and teaches the loss rate and drift nothing. Every count adds ``days`` of
+        exposure to that posterior.
+
+        **Drift and loss**, otherwise: with ``k^ = E[k]``, drift ``D = k^ (a U + b T)``, noise
+        ``N = D + 2c``, predictive variance ``V = N + Var(lam) U^2`` and residual
+        ``r = -d - lam U`` (clipped to +-CLIP_SD sqrt(V)): ``lam`` takes the Normal-Normal update
+        with observation ``lam U + r``, variance ``N``; ``alpha += w / 2`` and
+        ``beta += w k^ r^2 / (2 V)`` with ``w = D / V``, so ``E[k]`` moves towards ``k^ r^2 / V``
+        (1 when the residual is as large as predicted).
 
         Learn only from a count that follows a count: a first count's discrepancy measures the
         opening record, not loss. A recount with nothing moved (U = 0) leaves the loss rate as is;
@@ -135,19 +156,24 @@ class ClassAccuracy:
         drift = self.drift_var(units, days)
         noise = drift + 2.0 * self.count_error_var
         predictive = noise + self.loss_var * units**2
+        exposed = replace(
+            self, phantom_days=self.phantom_days + days, observations=self.observations + 1
+        )
+        expected_gap = -discrepancy - self.loss_mean * units
+        if counted == 0 and expected_gap > 0:
+            return replace(exposed, phantom_events=self.phantom_events + 1.0)
         bound = CLIP_SD * math.sqrt(predictive)
-        residual = min(bound, max(-bound, -discrepancy - self.loss_mean * units))
+        residual = min(bound, max(-bound, expected_gap))
         precision = 1.0 / self.loss_var + units**2 / noise
         observed_loss = self.loss_mean * units + residual
         loss_mean = (self.loss_mean / self.loss_var + units * observed_loss / noise) / precision
         weight = drift / predictive  # share of the residual's variance that k scales
         return replace(
-            self,
+            exposed,
             loss_mean=loss_mean,
             loss_var=1.0 / precision,
             k_shape=self.k_shape + weight / 2.0,
             k_scale=self.k_scale + weight * k * residual**2 / predictive / 2.0,
-            observations=self.observations + 1,
         )
 
 
@@ -158,11 +184,13 @@ PRIORS: Mapping[str, ClassAccuracy] = MappingProxyType(
     {
         "store": ClassAccuracy(
             loss_mean=0.01, loss_var=0.01**2, k_shape=3.0, k_scale=2.0, per_unit_var=0.05,
-            per_day_var=0.01, count_error_var=0.25, phantom_prior=0.01, uncounted_var=4.0,
+            per_day_var=0.01, count_error_var=0.25, phantom_events=1.0, phantom_days=365.0,
+            uncounted_var=4.0,
         ),
         "dc": ClassAccuracy(
             loss_mean=0.001, loss_var=0.001**2, k_shape=3.0, k_scale=2.0, per_unit_var=0.0002,
-            per_day_var=0.0005, count_error_var=0.02, phantom_prior=0.001, uncounted_var=1.0,
+            per_day_var=0.0005, count_error_var=0.02, phantom_events=0.5, phantom_days=1825.0,
+            uncounted_var=1.0,
         ),
     }
 )  # fmt: skip
@@ -189,18 +217,56 @@ def on_hand_belief(
     return Belief(recorded - loss, accuracy.gap_var(units, days))
 
 
+def silence_probability(velocity_per_day: float, days: float, evidence_units: float) -> float:
+    """P(no sale in ``days`` | the stock is there): ``(1 + v t / n) ** -n`` with the velocity
+    Gamma(n, n / v) (``exp(-v t)`` for ``n = inf``)."""
+    expected = max(0.0, velocity_per_day) * max(0.0, days)
+    if math.isinf(evidence_units):
+        return math.exp(-expected)
+    n = max(evidence_units, 1e-9)
+    return math.exp(-n * math.log1p(expected / n))
+
+
+def _open_time(velocity_per_day: float, days: float, evidence_units: float) -> float:
+    """Integral over ``s`` in [0, days] of :func:`silence_probability`: the expected time the
+    shelf spent without a sale *and* able to lose its stock unseen."""
+    v, n, t = max(0.0, velocity_per_day), evidence_units, max(0.0, days)
+    if v * t < 1e-9:
+        return t
+    if math.isinf(n):
+        return -math.expm1(-v * t) / v
+    n = max(n, 1e-9)
+    if abs(n - 1.0) < 1e-9:
+        return math.log1p(v * t) / v
+    return n / (v * (n - 1.0)) * -math.expm1((1.0 - n) * math.log1p(v * t / n))
+
+
 def phantom_probability(
-    prior: float, velocity_per_day: float, since_last_sale_ms: int | None
+    rate_per_day: float,
+    velocity_per_day: float,
+    since_last_sale_ms: int | None,
+    evidence_units: float = math.inf,
 ) -> float:
     """Posterior probability that a stocked record is phantom after a silence.
 
-    ``since_last_sale_ms`` is event time since the last sale, or since the last count or receipt
-    if later (either shows the stock was there); ``None`` (never sold) is no evidence.
+    Phantom stock starts at a hazard ``rate_per_day`` (the facing vanishes: misplaced, stolen,
+    damaged out of sight). The last sale (or count) showed the stock there; since then, for
+    ``t = since_last_sale_ms`` (trading time when the caller knows the hours), either it
+    vanished at some ``s < t`` with no sale before ``s`` (probability ~ ``rate * integral of
+    S(s) ds``), or it is still there and nobody bought it (``S(t) exp(-rate t)``), where ``S``
+    is :func:`silence_probability`. ``None`` (never sold nor counted) is no evidence: 0.
+
+    For a fast seller the silence soon becomes damning; for a slow one, or one whose velocity
+    rests on a handful of sales (``evidence_units``), it stays near ``rate * t``.
     """
-    if prior <= 0.0 or since_last_sale_ms is None:
-        return prior
-    expected_sales = max(0.0, velocity_per_day) * max(0, since_last_sale_ms) / DAY_MS
-    return prior / (prior + (1.0 - prior) * math.exp(-expected_sales))
+    if rate_per_day <= 0.0 or since_last_sale_ms is None:
+        return 0.0
+    days = max(0, since_last_sale_ms) / DAY_MS
+    vanished = rate_per_day * _open_time(velocity_per_day, days, evidence_units)
+    there = silence_probability(velocity_per_day, days, evidence_units) * math.exp(
+        -rate_per_day * days
+    )
+    return min(1.0, vanished / (vanished + there))
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,25 +322,25 @@ class Assessment:
         """
         if q <= 0:
             return 1.0
-        e = self.explanation
-        free, scale = e.mean - self.reserved, math.sqrt(2.0 * e.variance)
-        return (1.0 - e.phantom_probability) * 0.5 * math.erfc((q - 0.5 - free) / scale)
+        return (1.0 - self.explanation.phantom_probability) * self._at_least(q)
+
+    def _at_least(self, q: int) -> float:
+        e = self.explanation  # continuity correction: at least q means above q - 0.5
+        return 0.5 * math.erfc((q - 0.5 - e.mean + self.reserved) / math.sqrt(2.0 * e.variance))
 
     def offerable(self, min_confidence: float) -> int:
         """The largest ``q`` in [0, max(0, recorded - reserved)] with confidence(q) >=
         ``min_confidence``, by binary search on the monotone confidence (O(log q) erfc calls)."""
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1]: {min_confidence}")
-        e = self.explanation
-        free, scale = e.mean - self.reserved, math.sqrt(2.0 * e.variance)
-        present = 1.0 - e.phantom_probability
+        present = 1.0 - self.explanation.phantom_probability
         lo, hi = 0, max(0, self.recorded - self.reserved)  # confidence(0) = 1 always meets it
         # the same expression as confidence(q), so the two agree to the last bit
-        if hi == 0 or present * 0.5 * math.erfc((hi - 0.5 - free) / scale) >= min_confidence:
+        if hi == 0 or present * self._at_least(hi) >= min_confidence:
             return hi
         while hi - lo > 1:  # invariant: lo meets the minimum, hi does not
             mid = (lo + hi) // 2
-            if present * 0.5 * math.erfc((mid - 0.5 - free) / scale) >= min_confidence:
+            if present * self._at_least(mid) >= min_confidence:
                 lo = mid
             else:
                 hi = mid
@@ -290,14 +356,19 @@ def assess(
     since_last_sale_ms: int | None,
     velocity_per_day: float,
     accuracy: ClassAccuracy,
+    velocity_evidence: float = math.inf,
 ) -> Assessment:
     """The confidence of one position, from its ledger terms and event-time ages.
 
     ``last_count_age_ms`` and ``since_last_sale_ms`` are stream time minus the event's time
-    (``None``: never); ``velocity_per_day`` is the item's normal demand at this location.
+    (``None``: never); ``velocity_per_day`` is the item's normal demand at this location and
+    ``velocity_evidence`` the units of demand it was estimated from (see
+    :func:`phantom_probability`).
     """
     belief = on_hand_belief(recorded, units_moved_since_count, last_count_age_ms, accuracy)
-    phantom = phantom_probability(accuracy.phantom_prior, velocity_per_day, since_last_sale_ms)
+    phantom = phantom_probability(
+        accuracy.phantom_rate, velocity_per_day, since_last_sale_ms, velocity_evidence
+    )
     explanation = Explanation(
         last_count_age_ms=last_count_age_ms,
         units_moved_since_count=units_moved_since_count,
@@ -314,7 +385,7 @@ def assess(
 
 # --- persistence: a compact, JSON-friendly form (a changelog table's value) -----------------
 
-_FORMAT = 1
+_FORMAT = 2  # 2: phantom_rate (a hazard per day) replaced phantom_prior
 
 
 def to_primitive(accuracy: ClassAccuracy) -> list[Any]:

@@ -31,6 +31,8 @@ from state.netting import DEFAULT_WINDOW_MS, Netting, OpenWindow
 
 NEVER = -(2**62)
 MAX_PENDING = 5_000
+# WMS movements that are demand (a DC's sales): they feed the velocity like POS sales do
+DEMAND_MOVEMENTS = frozenset({"PICK", "SHIP"})
 
 
 class Outcome(StrEnum):
@@ -50,10 +52,11 @@ class Ledger(NamedTuple):
     applied: int = 0  # distinct events accounted for; the position's version
     late: int = 0  # of which applied after the lateness bound
     as_of: int = NEVER  # newest effective_at accounted for
-    units_sold: int = 0  # net units sold (POS), for the item's normal demand velocity
+    units_sold: int = 0  # net units demanded: POS sales - returns + WMS picks/ships (velocity)
     first_sale_at: int | None = None
-    last_sale_at: int | None = None
+    last_sale_at: int | None = None  # the last sale or pick: the stock was there
     reserved: int = 0  # units held by open reservations (never negative: see reservations.py)
+    selling_ms: int = 0  # time the item could sell (between sightings; see apply): velocity's
 
 
 def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
@@ -72,12 +75,17 @@ def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
         max(ledger.as_of, event.effective_at),
     )  # fmt: skip
     sold, first_sale, last_sale = ledger.units_sold, ledger.first_sale_at, ledger.last_sale_at
-    if event.kind is Kind.SALE:
-        at = event.effective_at
+    at, selling = event.effective_at, ledger.selling_ms
+    sighted = max(t for t in (last_sale, count_at, NEVER) if t is not None)
+    if event.kind is Kind.SALE or (event.kind is Kind.MOVEMENT and event.ref in DEMAND_MOVEMENTS):
         sold -= event.quantity
         first_sale = at if first_sale is None else min(first_sale, at)
         if event.quantity < 0:  # a return is not evidence that the item is on the shelf
             last_sale = at if last_sale is None else max(last_sale, at)
+            if NEVER < sighted < at:  # on the shelf from the last sighting to this sale
+                selling += at - sighted
+    elif event.kind is Kind.COUNT and event.quantity > 0 and NEVER < sighted < at:
+        selling += at - sighted  # found on the shelf: the quiet time was selling time
     superseded = count_at is not None and event.effective_at < count_at
     if event.kind is Kind.COUNT:
         if not superseded:  # an older count than the one held is history, not news
@@ -89,7 +97,7 @@ def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
         on_hand += event.quantity
         moved += abs(event.quantity)
     return Ledger(on_hand, count_at, count_id, discrepancy, moved, applied, n_late, as_of, sold,
-                  first_sale, last_sale, ledger.reserved)  # fmt: skip
+                  first_sale, last_sale, ledger.reserved, selling)  # fmt: skip
 
 
 EMPTY_LEDGER = Ledger()

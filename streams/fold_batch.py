@@ -340,11 +340,12 @@ class BatchFolder:
     def _publish(self, key: bytes, position: OpenPosition, ticket: Ticket) -> None:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
+        hours = self.settings.hours_of(location_type(location))
         first = True
         for channel, topic in self.availability.items():
             availability = project(
                 channel, sku, location, ledger, stream_time=position.stream_time,
-                policy=self.policy.channel(channel),
+                policy=self.policy.channel(channel), trading_hours=hours,
             )  # fmt: skip
             if first:  # model health: the same for every channel, observed once
                 self._observe_model(key, availability)

@@ -26,6 +26,7 @@ PRODUCTION_VALUES = ROOT / "helm" / "values-production.yaml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"
+LOCAL_PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "invsync.json"
 
 # The Kubernetes release whose schemas the manifests must satisfy: kubernetes-validate's newest,
@@ -46,6 +47,16 @@ PLACEHOLDER_MARK = "placeholder"
 
 RELEASE = "invsync"
 NAMESPACE = "invsync"
+
+# Prometheus job of each invsync process -> the Settings field of the port it serves /metrics
+# on. The alerts and the dashboard select these jobs (InvsyncWorkerDown: job="invsync",
+# InvsyncErpDispatcherDown: job="invsync-erp"); ops/prometheus/prometheus.yml, the compose
+# Prometheus and the chart's ServiceMonitor must all scrape each process as its job.
+SCRAPE_JOBS = {
+    "invsync": "web_port",
+    "invsync-redis-sink": "redis_sink_port",
+    "invsync-erp": "erp_sink_port",
+}
 
 
 def settings_env_names() -> frozenset[str]:
@@ -278,13 +289,21 @@ def manifest_problems(docs: Iterable[dict]) -> tuple[int, int, list[str]]:
     return builtin, custom, problems
 
 
-def containers(docs: Iterable[dict], kind: str = "StatefulSet") -> list[dict]:
-    """Every container and init container of the pod templates of ``kind`` objects."""
+WORKLOAD_KINDS = ("StatefulSet", "Deployment")
+
+
+def workloads(docs: Iterable[dict], kinds: Sequence[str] = WORKLOAD_KINDS) -> list[dict]:
+    """The objects with a pod template: the worker StatefulSet and the sinks' Deployments."""
+    return [doc for doc in docs if doc["kind"] in kinds]
+
+
+def containers(docs: Iterable[dict], kind: str | None = None) -> list[dict]:
+    """Every container and init container of the pod templates of ``kind`` objects (default:
+    every workload, the worker's and the sinks')."""
     found: list[dict] = []
-    for doc in docs:
-        if doc["kind"] == kind:
-            spec = doc["spec"]["template"]["spec"]
-            found += spec.get("initContainers", []) + spec["containers"]
+    for doc in workloads(docs, WORKLOAD_KINDS if kind is None else (kind,)):
+        spec = doc["spec"]["template"]["spec"]
+        found += spec.get("initContainers", []) + spec["containers"]
     return found
 
 
@@ -296,17 +315,28 @@ def only(docs: Iterable[dict], kind: str) -> dict:
 
 # --- topics ----------------------------------------------------------------------------------
 
+# Not inside a longer word: `invsync.erp_simulator` (a module) is no topic `invsync.erp`.
 _TOPIC_LIKE = re.compile(
     r"(?<![\w.-])((?:pos|wms|inventory|reservations|availability|erp|invsync)\.[a-z][a-z0-9-]*)"
+    r"(?!\w)"
 )
 
 
-_FILE_SUFFIXES = {"json", "yaml", "yml", "txt", "py", "md", "sh"}
+_FILE_SUFFIXES = {"json", "yaml", "yml", "txt", "py", "md", "sh", "sqlite"}
+
+
+def chart_value_paths() -> set[str]:
+    """``key.subkey`` of the chart's values (``erp.url`` is a value, not a topic)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    return {
+        f"{key}.{sub}" for key, value in values.items() if isinstance(value, dict) for sub in value
+    }
 
 
 def topic_like_names(text: str) -> set[str]:
     """Words in ``text`` that look like a topic of the catalogue (``pos.sales``, ...)."""
     names = {m.group(1) for m in _TOPIC_LIKE.finditer(text)}
+    names -= chart_value_paths()
     return {n for n in names if n.rpartition(".")[2] not in _FILE_SUFFIXES}
 
 

@@ -4,7 +4,9 @@ The compose file against the Compose specification schema (check-jsonschema's ve
 no download), and its wiring against invsync/settings.py: every INVSYNC_* variable is a setting,
 each process's environment is accepted by the settings object, published ports are the settings'
 defaults (so the host's CLI reaches the containers with no settings), internal endpoints name a
-service and the port it listens on, the channel policy lists the configured channels.
+service and the port it listens on, the channel policy lists the configured channels; the worker,
+the Redis sink and the ERP dispatcher run their commands, are health-checked and scraped on the
+ports their settings name, as the jobs the alerts select; the dispatcher reaches the ERP simulator.
 """
 
 from __future__ import annotations
@@ -28,14 +30,23 @@ from tests.deploy import (
     CHART,
     COMPOSE_FILE,
     DOCKERFILE,
+    LOCAL_PROMETHEUS,
     ROOT,
+    SCRAPE_JOBS,
     catalogue_topics,
     topic_like_names,
     unknown_settings,
 )
 
-INVSYNC_SERVICES = ("topics-init", "worker", "simulator")
+INVSYNC_SERVICES = ("topics-init", "worker", "simulator", "redis-sink", "erp-dispatcher")
 DEFAULTS = Settings()  # type: ignore[call-arg]
+# The long-running processes that serve /metrics: service -> (command, Prometheus job).
+SCRAPED = {
+    "worker": (["worker"], "invsync"),
+    "redis-sink": (["sink", "redis"], "invsync-redis-sink"),
+    "erp-dispatcher": (["sink", "erp"], "invsync-erp"),
+}
+ERP_SIMULATOR = "erp"  # the ERP peer the dispatcher delivers to
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +111,24 @@ def test_env_vars_are_settings(compose: dict) -> None:
 def test_settings_accept_each_process_environment(
     compose: dict, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings_of(services(compose)[name], monkeypatch)
+
+
+def settings_of(service: dict, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings object the service's process loads from its environment."""
     for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(key)
-    for key, value in environment(services(compose)[name]).items():
+    for key, value in environment(service).items():
         monkeypatch.setenv(key, value)
-    load_settings()  # exits 2 naming the variable if a value is invalid
+    return load_settings()  # exits 2 naming the variable if a value is invalid
 
 
 def test_all_invsync_processes_share_topics_and_group(compose: dict) -> None:
-    shared = ("INVSYNC_KAFKA_BOOTSTRAP", "INVSYNC_TOPIC_PREFIX", "INVSYNC_PARTITIONS")
+    shared: tuple[str, ...] = (
+        "INVSYNC_KAFKA_BOOTSTRAP",
+        "INVSYNC_TOPIC_PREFIX",
+        "INVSYNC_PARTITIONS",
+    )
     shared += ("INVSYNC_CHANNELS", "INVSYNC_APP_ID", "INVSYNC_SCHEMA_REGISTRY_URL")
     envs = [environment(services(compose)[name]) for name in INVSYNC_SERVICES]
     for key in shared:
@@ -142,6 +162,12 @@ def test_published_ports_are_the_settings_defaults(compose: dict) -> None:
     assert published(svc["redis"])[6379] == DEFAULTS.redis_port
     web_port = int(environment(svc["worker"])["INVSYNC_WEB_PORT"])
     assert published(svc["worker"]) == {web_port: DEFAULTS.web_port}
+    sink_port = int(environment(svc["redis-sink"])["INVSYNC_REDIS_SINK_PORT"])
+    assert published(svc["redis-sink"]) == {sink_port: DEFAULTS.redis_sink_port}
+    erp_sink_port = int(environment(svc["erp-dispatcher"])["INVSYNC_ERP_SINK_PORT"])
+    assert published(svc["erp-dispatcher"]) == {erp_sink_port: DEFAULTS.erp_sink_port}
+    erp_port = int(simulator_option(svc[ERP_SIMULATOR], "--port"))
+    assert published(svc[ERP_SIMULATOR]) == {erp_port: urlsplit(DEFAULTS.erp_url).port}
 
 
 def test_internal_endpoints_name_a_service_and_its_port(compose: dict) -> None:
@@ -154,6 +180,78 @@ def test_internal_endpoints_name_a_service_and_its_port(compose: dict) -> None:
     assert registry.path == urlsplit(DEFAULTS.schema_registry_url).path
     redis = urlsplit(env["INVSYNC_REDIS_URL"])
     assert redis.hostname in svc and redis.port in published(svc[redis.hostname])
+
+
+def simulator_option(service: dict, option: str) -> str:
+    command = [str(word) for word in service["command"]]
+    assert option in command, f"{option} not in {command}"
+    return command[command.index(option) + 1]
+
+
+def test_erp_dispatcher_delivers_to_the_erp_simulator(compose: dict) -> None:
+    """INVSYNC_ERP_URL names the simulator's service, the port and address it listens on, and
+    the path it serves; the simulator really takes those options."""
+    svc = services(compose)
+    url = urlsplit(environment(svc["erp-dispatcher"])["INVSYNC_ERP_URL"])
+    assert url.scheme == "http" and url.hostname == ERP_SIMULATOR
+    simulator = svc[ERP_SIMULATOR]
+    assert url.port == int(simulator_option(simulator, "--port"))
+    assert url.path == urlsplit(DEFAULTS.erp_url).path  # POST /v1/stock-deltas
+    # `invsync erp-simulator` listens on 127.0.0.1 only: unreachable from another container.
+    assert simulator_option(simulator, "--host") == "0.0.0.0"
+    assert simulator["entrypoint"] == ["python", "-m", "invsync.erp_simulator"]
+    usage = subprocess.run(
+        [sys.executable, "-m", "invsync.erp_simulator", "--help"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert usage.returncode == 0, usage.stderr
+    for option in ("--host", "--port", "--db"):
+        assert option in usage.stdout, f"the simulator has no {option} option"
+    # Accepted deltas (its idempotency memory) survive a restart: the db is on a named volume.
+    db = Path(simulator_option(simulator, "--db"))
+    volumes = [str(v).split(":") for v in simulator.get("volumes", [])]
+    assert any(src in compose["volumes"] and db.parent == Path(dst) for src, dst in volumes)
+    assert "livez" in " ".join(simulator["healthcheck"]["test"])
+    assert f":{url.port}/livez" in " ".join(simulator["healthcheck"]["test"])
+    rule = svc["erp-dispatcher"]["depends_on"][ERP_SIMULATOR]["condition"]
+    assert rule == "service_healthy"
+    assert not [k for k in environment(simulator) if k.startswith(ENV_PREFIX)]
+
+
+@pytest.mark.parametrize("name", SCRAPED)
+def test_scraped_processes_commands_ports_and_health(
+    compose: dict, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process runs its command, publishes the port its settings name for the job and has
+    its health check there (the image's HEALTHCHECK probes the worker's port only)."""
+    service = services(compose)[name]
+    command, job = SCRAPED[name]
+    assert service["command"] == command
+    port = getattr(settings_of(service, monkeypatch), SCRAPE_JOBS[job])
+    assert port in published(service)
+    check = " ".join(service["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/livez" in check, check
+    assert service["restart"] == "unless-stopped"
+
+
+def test_prometheus_scrapes_every_process_as_its_job(
+    compose: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose's Prometheus scrapes each process at <service>:<port from its settings> as the
+    job ops/prometheus/prometheus.yml and the alerts use for it."""
+    svc = services(compose)
+    config = yaml.safe_load(volume_mounts(svc["prometheus"])["/etc/prometheus/prometheus.yml"]
+                           .read_text())  # fmt: skip
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    local = yaml.safe_load(LOCAL_PROMETHEUS.read_text())
+    local_jobs = {job["job_name"] for job in local["scrape_configs"]}
+    for name, (_, job) in SCRAPED.items():
+        port = getattr(settings_of(svc[name], monkeypatch), SCRAPE_JOBS[job])
+        assert jobs[job]["static_configs"][0]["targets"] == [f"{name}:{port}"], job
+        assert jobs[job].get("metrics_path", "/metrics") == "/metrics"
+        assert job in local_jobs, f"{job} is not a job of {LOCAL_PROMETHEUS}"
+    assert {job for _, job in SCRAPED.values()} == set(SCRAPE_JOBS)
+    assert {j for j in jobs if j.startswith("invsync")} == set(SCRAPE_JOBS)
 
 
 def test_prometheus_scrapes_the_worker_as_job_invsync(compose: dict) -> None:
@@ -208,9 +306,10 @@ def test_depends_on_conditions(compose: dict) -> None:
             if rule["condition"] == "service_healthy":
                 check = svc[dependency].get("healthcheck", {})
                 assert check and not check.get("disable"), f"{name}: {dependency} has no check"
-    for name in ("worker", "simulator"):
+    for name in ("worker", "simulator", "redis-sink", "erp-dispatcher"):
         rule = svc[name]["depends_on"]["topics-init"]["condition"]
         assert rule == "service_completed_successfully", name
+    assert svc["redis-sink"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert svc["topics-init"]["restart"] == "no"
     assert "livez" in " ".join(svc["worker"]["healthcheck"]["test"])
 
@@ -308,6 +407,6 @@ def test_docker_build_context_has_the_package() -> None:
 
 
 def test_compose_builds_the_dockerfile(compose: dict) -> None:
-    for name in INVSYNC_SERVICES:
+    for name in (*INVSYNC_SERVICES, ERP_SIMULATOR):
         build = services(compose)[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE

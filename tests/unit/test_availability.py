@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from state.availability import location_type, project, velocity_per_day
-from state.confidence import DAY_MS
+from state.availability import (
+    VELOCITY_PRIOR_DAYS,
+    VELOCITY_PRIOR_UNITS,
+    assess_ledger,
+    location_type,
+    project,
+    velocity,
+    velocity_per_day,
+)
+from state.confidence import DAY_MS, PRIORS
 from state.events import Kind, StockEvent
 from state.position import Ledger, apply
+from state.trading_hours import TradingHours
 
 T0 = 1_767_225_600_000
 HOUR = 3_600_000
@@ -83,3 +92,43 @@ def test_reserved_units_are_not_offered():
     ledger = ledger_of(count(T0, 10), hold)
     record = project("web", "SKU1", "S001", ledger, stream_time=T0 + 2 * HOUR)
     assert (record.on_hand, record.reserved, record.atp, record.offered) == (10, 4, 6, 6)
+
+
+def pick(i: int, at: int, units: int = 1, loc: str = "DC1") -> StockEvent:
+    return StockEvent("wms", f"p{i}", "SKU1", loc, Kind.MOVEMENT, at, -units, ref="PICK")
+
+
+def test_velocity_counts_selling_time_only():
+    """Units per day of the time the item could sell: the gaps that ended in a sale or in a
+    count that found stock; not the silence since, nor a spell a count ended on an empty shelf."""
+    selling = [count(T0, 50)] + [sale(i, T0 + (i + 1) * DAY_MS, 2) for i in range(10)]
+    base = velocity(ledger_of(*selling))
+    assert base.per_day == (20 + VELOCITY_PRIOR_UNITS) / (10 + VELOCITY_PRIOR_DAYS)
+    assert base.evidence == 20 + VELOCITY_PRIOR_UNITS
+    # 20 quiet days ended by a count that found the shelf empty: not selling time
+    emptied = ledger_of(*selling, count(T0 + 30 * DAY_MS, 0))
+    assert velocity(emptied) == base
+    # ... ended by a count that found stock: it was there and did not sell
+    found = ledger_of(*selling, count(T0 + 30 * DAY_MS, 5))
+    assert velocity(found).per_day == (20 + VELOCITY_PRIOR_UNITS) / (30 + VELOCITY_PRIOR_DAYS)
+
+
+def test_dc_picks_are_demand():
+    events = [count(T0, 500, "DC1")] + [pick(i, T0 + (i + 1) * HOUR, 3) for i in range(48)]
+    ledger = ledger_of(*events)
+    assert ledger.units_sold == 144 and ledger.last_sale_at == T0 + 48 * HOUR
+    days = 2 + VELOCITY_PRIOR_DAYS  # two days of selling time, plus the prior's
+    assert velocity(ledger).per_day == (144 + VELOCITY_PRIOR_UNITS) / days
+
+
+def test_silence_is_measured_in_trading_hours():
+    events = [count(T0, 100)] + [sale(i, T0 + i * HOUR + 9 * HOUR) for i in range(12)]
+    ledger = ledger_of(*events)  # T0 is midnight UTC; sales 09:00-20:00, last at 20:00
+    night = ledger.as_of + 12 * HOUR  # 08:00 next day: the shop was closed since 22:00
+    store = TradingHours(8, 22)
+    calendar = assess_ledger(ledger, stream_time=night, accuracy=PRIORS["store"])
+    trading = assess_ledger(ledger, stream_time=night, accuracy=PRIORS["store"],
+                            trading_hours=store)  # fmt: skip
+    assert calendar.explanation.since_last_sale_ms == 12 * HOUR
+    assert trading.explanation.since_last_sale_ms == round(2 * HOUR * 24 / 14)
+    assert trading.phantom_probability < calendar.phantom_probability

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from state.availability import location_type, project, velocity_per_day
+from state.availability import assess_ledger, location_type, project
 from state.channel_policy import (
     DEFAULT_POLICY,
     PolicyError,
@@ -292,17 +292,7 @@ def test_the_out_threshold_offers_nothing_at_or_below_it():
 
 def today(ledger: Ledger, location: str, stream_time: int) -> Assessment:
     """The assessment state.availability.project builds for this position."""
-    count_age = None if ledger.last_count_at is None else max(0, stream_time - ledger.last_count_at)
-    sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]
-    return assess(
-        ledger.on_hand,
-        ledger.reserved,
-        units_moved_since_count=ledger.moved_since_count,
-        last_count_age_ms=count_age,
-        since_last_sale_ms=max(0, stream_time - max(sightings)) if sightings else None,
-        velocity_per_day=velocity_per_day(ledger),
-        accuracy=PRIORS[location_type(location)],
-    )
+    return assess_ledger(ledger, stream_time=stream_time, accuracy=PRIORS[location_type(location)])
 
 
 POSITIONS = [

@@ -72,7 +72,8 @@ accuracies = st.builds(
     per_unit_var=finite(0, 1),
     per_day_var=finite(0, 1),
     count_error_var=finite(1e-6, 10),
-    phantom_prior=finite(0, 0.5),
+    phantom_events=finite(1e-3, 100),
+    phantom_days=finite(1, 10_000),
     uncounted_var=finite(0, 100),
     observations=st.integers(0, 10**6),
 )
@@ -167,7 +168,7 @@ def test_an_older_count_alone_widens_the_belief() -> None:
     recent, old = position(12, units=30, age_ms=DAY_MS), position(12, units=30, age_ms=180 * DAY_MS)
     assert old.mean == recent.mean and old.variance > recent.variance
     assert old.confidence(9) < recent.confidence(9)
-    assert old.offerable(0.95) < recent.offerable(0.95)
+    assert old.offerable(0.99) < recent.offerable(0.99)
 
 
 def test_a_count_resets_the_variance_to_the_count_error() -> None:
@@ -213,20 +214,63 @@ def test_an_empty_record_is_never_frozen() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(finite(0, 0.5), finite(0, 50), st.integers(0, 60 * DAY_MS), st.integers(0, 60 * DAY_MS))
+@given(
+    finite(0, 0.05),
+    finite(0, 50),
+    st.integers(0, 60 * DAY_MS),
+    st.integers(0, 60 * DAY_MS),
+    st.none() | finite(0.5, 500),
+)
 def test_phantom_probability_grows_with_silence_and_velocity(
-    prior: float, velocity: float, silence: int, more: int
+    rate: float, velocity: float, silence: int, more: int, evidence: float | None
 ) -> None:
-    p = phantom_probability(prior, velocity, silence)
-    assert prior <= p <= 1.0 or math.isclose(p, prior)
-    assert phantom_probability(prior, velocity, silence + more) >= p
-    assert phantom_probability(prior, velocity * 2, silence) >= p
+    n = math.inf if evidence is None else evidence
+    p = phantom_probability(rate, velocity, silence, n)
+    assert 0.0 <= p <= 1.0
+    assert phantom_probability(rate, velocity, silence + more, n) >= p - 1e-12
+    assert phantom_probability(rate, velocity * 2, silence, n) >= p - 1e-12
+    assert phantom_probability(rate * 2, velocity, silence, n) >= p - 1e-12
 
 
-def test_no_silence_evidence_leaves_the_prior() -> None:
-    assert phantom_probability(0.01, 5.0, None) == 0.01
-    assert phantom_probability(0.01, 0.0, 30 * DAY_MS) == pytest.approx(0.01)
+def test_a_velocity_resting_on_few_sales_weighs_a_silence_less() -> None:
+    silence = 5 * DAY_MS
+    assert (
+        phantom_probability(1 / 365, 2.0, silence, 2.0)
+        < phantom_probability(1 / 365, 2.0, silence, 200.0)
+        < phantom_probability(1 / 365, 2.0, silence)
+    )
+
+
+def test_the_posterior_is_the_exact_one_for_a_known_velocity() -> None:
+    """Onset hazard rho, sales at v: P(vanished, no sale since) = rho/(v+rho)(1-e^-(v+rho)t) to
+    first order in rho, against P(there, no sale) = e^-(v+rho)t."""
+    rho, v, t = 1 / 365, 0.8, 4.0
+    vanished = rho / v * -math.expm1(-v * t)
+    there = math.exp(-(v + rho) * t)
+    assert phantom_probability(rho, v, int(t * DAY_MS)) == pytest.approx(
+        vanished / (vanished + there), rel=1e-9
+    )
+
+
+def test_no_silence_evidence_no_phantom() -> None:
+    assert phantom_probability(0.01, 5.0, None) == 0.0
     assert phantom_probability(0.0, 5.0, 30 * DAY_MS) == 0.0
+    # an item that never sells: only the onset hazard over the silence
+    assert phantom_probability(1 / 365, 0.0, 30 * DAY_MS) == pytest.approx(30 / 365, rel=0.1)
+
+
+def test_a_count_that_finds_an_empty_shelf_teaches_the_phantom_rate_not_the_drift() -> None:
+    found = STORE.learn(-12, 20, 30.0, counted=0)
+    assert found.phantom_events == STORE.phantom_events + 1
+    assert found.phantom_days == STORE.phantom_days + 30.0
+    assert (found.loss_mean, found.k_scale) == (STORE.loss_mean, STORE.k_scale)
+    drift = STORE.learn(-2, 20, 30.0, counted=3)  # a normal count: drift, and exposure
+    assert drift.phantom_events == STORE.phantom_events
+    assert drift.phantom_days == STORE.phantom_days + 30.0
+    assert drift.loss_mean != STORE.loss_mean
+    short = STORE.learn(-1, 20, 30.0, counted=1)  # one short, not empty: drift
+    assert short.phantom_events == STORE.phantom_events
+    assert STORE.learn(2, 20, 30.0, counted=0).phantom_events == STORE.phantom_events
 
 
 # --- learning from count discrepancies -----------------------------------------------------------
@@ -296,7 +340,7 @@ def test_learning_rejects_non_finite_evidence() -> None:
 
 
 def test_a_dc_prior_is_more_accurate_than_a_store_prior() -> None:
-    assert DC.loss_rate < STORE.loss_rate and DC.phantom_prior < STORE.phantom_prior
+    assert DC.loss_rate < STORE.loss_rate and DC.phantom_rate < STORE.phantom_rate
     for units, days in ((0, 0), (30, 7), (500, 90)):
         assert DC.gap_var(units, days) < STORE.gap_var(units, days) / 10
     assert DC.gap_var(30, None) < STORE.gap_var(30, None)
@@ -329,7 +373,7 @@ def test_the_explanation_carries_the_terms() -> None:
         "mean": 10 - STORE.loss_rate * 30,
         "velocity": 4.0,
         "since_last_sale_ms": HOUR,
-        "phantom_probability": phantom_probability(STORE.phantom_prior, 4.0, HOUR),
+        "phantom_probability": phantom_probability(STORE.phantom_rate, 4.0, HOUR),
         "frozen": False,
     }
     json.dumps(record.to_record())
@@ -352,7 +396,7 @@ def test_from_primitive_rejects_unknown_formats_and_bad_values() -> None:
     data = to_primitive(STORE)
     with pytest.raises(ValueError):
         from_primitive([99, *data[1:]])
-    for index, bad in ((3, 1.0), (1, math.nan), (7, 0.0), (8, 1.0)):
+    for index, bad in ((3, 1.0), (1, math.nan), (7, 0.0), (8, 0.0), (9, -1.0)):
         broken = list(data)
         broken[index] = bad
         with pytest.raises(ValueError):

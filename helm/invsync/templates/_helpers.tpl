@@ -76,6 +76,9 @@ values to change.
 {{- if and (gt (int $v.replicaCount) 0) (gt (int $v.standbyReplicas) 0) (ge (int $v.standbyReplicas) (int $v.replicaCount)) }}
 {{- fail (printf "standbyReplicas (%d) must be less than replicaCount (%d): a standby lives on another worker" (int $v.standbyReplicas) (int $v.replicaCount)) }}
 {{- end }}
+{{- if and (eq (toString $v.erpDispatcher.enabled) "true") (not (include "invsync.erpUrlSet" .)) }}
+{{- fail "erpDispatcher.enabled is true but no ERP URL is set: set erp.url or credentials.fromSecret.INVSYNC_ERP_URL" }}
+{{- end }}
 {{- if and $v.credentials.fromSecret (not $v.credentials.existingSecret) (not $v.credentials.data) }}
 {{- fail "credentials.fromSecret names settings but there is no Secret: set credentials.existingSecret or credentials.data" }}
 {{- end }}
@@ -116,12 +119,15 @@ exponent that YAML numbers get in Helm (1800000, not 1.8e+06).
 {{- end }}
 {{- end }}
 
-{{/* The worker's environment: every INVSYNC_* setting the chart controls. */}}
-{{- define "invsync.env" -}}
+{{/*
+The settings every invsync process shares: endpoints (or their Secret references) and every
+`config` value. Without extraEnv, which goes last (see invsync.env and invsync.sinkEnv).
+*/}}
+{{- define "invsync.commonEnv" -}}
 {{- include "invsync.envVar" (dict "root" . "name" "INVSYNC_KAFKA_BOOTSTRAP" "value" .Values.kafka.bootstrap) }}
 {{ include "invsync.envVar" (dict "root" . "name" "INVSYNC_SCHEMA_REGISTRY_URL" "value" .Values.schemaRegistry.url) }}
 {{ include "invsync.envVar" (dict "root" . "name" "INVSYNC_REDIS_URL" "value" .Values.redis.url) }}
-{{- if or .Values.erp.url (hasKey .Values.credentials.fromSecret "INVSYNC_ERP_URL") }}
+{{- if include "invsync.erpUrlSet" . }}
 {{ include "invsync.envVar" (dict "root" . "name" "INVSYNC_ERP_URL" "value" .Values.erp.url) }}
 {{- end }}
 {{- range $key := keys .Values.config | sortAlpha }}
@@ -129,6 +135,11 @@ exponent that YAML numbers get in Helm (1800000, not 1.8e+06).
 - name: {{ printf "INVSYNC_%s" (upper $key) }}
   value: {{ include "invsync.envValue" $value | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The worker's environment: every INVSYNC_* setting the chart controls. */}}
+{{- define "invsync.env" -}}
+{{- include "invsync.commonEnv" . }}
 - name: INVSYNC_STANDBY_REPLICAS
   value: {{ include "invsync.envValue" .Values.standbyReplicas | quote }}
 - name: INVSYNC_STATE_DIR
@@ -139,3 +150,54 @@ exponent that YAML numbers get in Helm (1800000, not 1.8e+06).
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+A sink's environment: the shared settings (the sinks read no state directory and no channel
+policy), then extraEnv, then the sink's own extraEnv.
+Call with (dict "root" $ "sink" .Values.redisSink).
+*/}}
+{{- define "invsync.sinkEnv" -}}
+{{- include "invsync.commonEnv" .root }}
+{{- with .root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .sink.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the chart sets INVSYNC_ERP_URL (erp.url, or from the Secret); else empty. */}}
+{{- define "invsync.erpUrlSet" -}}
+{{- if or .Values.erp.url (hasKey .Values.credentials.fromSecret "INVSYNC_ERP_URL") }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the ERP dispatcher is deployed: erpDispatcher.enabled true, or "auto" and the ERP
+URL is set; else empty.
+*/}}
+{{- define "invsync.erpDispatcherEnabled" -}}
+{{- $enabled := .Values.erpDispatcher.enabled }}
+{{- if or (eq (toString $enabled) "true") (and (eq (toString $enabled) "auto") (include "invsync.erpUrlSet" .)) }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of a component's objects: <fullname>-<suffix>, the fullname shortened so that the whole
+stays a DNS label (63 characters). Call with (dict "root" $ "suffix" "redis-sink").
+*/}}
+{{- define "invsync.componentName" -}}
+{{- $base := include "invsync.fullname" .root | trunc (int (sub 62 (len .suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base .suffix }}
+{{- end }}
+
+{{/* Selector labels of a component's pods. Call with (dict "root" $ "component" "redis-sink"). */}}
+{{- define "invsync.componentSelectorLabels" -}}
+{{ include "invsync.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+The label a scraped Service carries: the ServiceMonitor takes Prometheus' job from it (jobLabel).
+The jobs are those ops/prometheus/alerts.yml and the dashboard select: invsync (the workers),
+invsync-redis-sink, invsync-erp (the ERP dispatcher; InvsyncErpDispatcherDown).
+*/}}
+{{- define "invsync.jobLabelKey" -}}invsync/job{{- end }}
