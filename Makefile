@@ -75,7 +75,7 @@ test: install helm
 	exit $$status
 
 bench: topics
-	$(BIN)/python -m bench.run --events $(BENCH_EVENTS)
+	$(BIN)/python -m bench.run --events $(BENCH_EVENTS)$(if $(filter compare,$(BENCH_METRICS)), --compare-metrics)
 
 clean: stack-down
 	rm -rf .state .stack/data .stack/logs

@@ -12,6 +12,15 @@
 4. **Latency**: sales produced at half of the measured invsync rate, stamped with the wall clock;
    event-to-publish latency = availability record timestamp - the sale's ``occurred_at``.
 
+With ``--compare-metrics`` (``make bench BENCH_METRICS=compare``), between 2. and 3.: **invsync
+without metrics**: the same number of workers with ``INVSYNC_METRICS_ENABLED=false`` (their own
+consumer group, changelog and state) fold the same N events, measured as in 3., and stop before
+3. starts; 3. then counts only availability records from its own start. ``metrics_overhead`` =
+1 - invsync eps / invsync eps without metrics: the share of fold throughput the worker's
+Prometheus instrumentation costs. Both fold exactly the workload: the latency phase's sales
+(stamped with the wall clock, months after the workload's event times, so they settle every
+open position at once) come after both throughput measurements.
+
 Writes ``bench/results/latest.json`` and prints a table. Not a test: nothing here asserts speed.
 """
 
@@ -20,17 +29,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from invsync.settings import Settings, load_settings
@@ -227,10 +238,67 @@ def wait_for(check: Any, timeout_s: float, what: str, proc: subprocess.Popen[byt
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def invsync_throughput(settings: Settings, n: int, proc: subprocess.Popen[bytes]) -> float:
+def invsync_throughput(
+    settings: Settings, n: int, proc: subprocess.Popen[bytes], since_ms: int = 0
+) -> float:
+    """Events/s from the first availability record to the last (broker timestamps >= since)."""
     wait_for(lambda: _caught_up(settings), 1800, "the worker to consume every event", proc)
-    stamps = [ts for ts, _ in _output_records(settings)]
+    stamps = [ts for ts, _ in _output_records(settings, since_ms)]
     return n / ((max(stamps) - min(stamps)) / 1000)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _input_records(settings: Settings) -> int:
+    return sum(
+        sum(_end_offsets(settings, spec.full_name(settings)).values())
+        for spec in (topics.POS_SALES, topics.CYCLE_COUNTS)
+    )
+
+
+def _exports_worker_metrics(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return b"invsync_input_events_total" in response.read()
+
+
+def invsync_throughput_without_metrics(
+    settings: Settings, env: dict[str, str], workers: int, tmp: str
+) -> float:
+    """Events/s of workers with INVSYNC_METRICS_ENABLED=false (their own group, changelog and
+    state) folding every input record; they are stopped on return."""
+    app_id = f"{settings.app_id}-nometrics"
+    quiet = settings.model_copy(update={"app_id": app_id})
+    n = _input_records(settings)
+    ports = [_free_port() for _ in range(workers)]
+    since_ms = int(time.time() * 1000)
+    procs = [
+        start_worker(
+            quiet,
+            env
+            | {
+                "INVSYNC_APP_ID": app_id,
+                "INVSYNC_METRICS_ENABLED": "false",
+                "INVSYNC_STATE_DIR": f"{tmp}/nometrics{i}",
+                "INVSYNC_WEB_PORT": str(port),
+            },
+            RESULTS / f"worker{i}-nometrics.log",
+        )
+        for i, port in enumerate(ports)
+    ]
+    try:
+        eps = invsync_throughput(quiet, n, procs[0], since_ms)
+        if _exports_worker_metrics(ports[0]):
+            raise RuntimeError("INVSYNC_METRICS_ENABLED=false, yet the worker exports its metrics")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    return eps
 
 
 def latency(
@@ -284,6 +352,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
+    parser.add_argument(
+        "--compare-metrics",
+        action="store_true",
+        help="fold everything again with INVSYNC_METRICS_ENABLED=false: metrics_overhead",
+    )
     args = parser.parse_args()
     run = uuid.uuid4().hex[:6]
     env = {
@@ -301,18 +374,24 @@ def main() -> None:
     print(f"  {baseline_eps:,.0f} events/s")
     with tempfile.TemporaryDirectory() as tmp:
         RESULTS.mkdir(parents=True, exist_ok=True)
+        since_ms = 0
+        if args.compare_metrics:
+            print(f"invsync without metrics: {args.workers} worker(s) folding the same events ...")
+            quiet_eps = invsync_throughput_without_metrics(settings, env, args.workers, tmp)
+            print(f"  {quiet_eps:,.0f} events/s")
+            since_ms = int(time.time() * 1000)  # the availability records from here on
         procs = [
             start_worker(
                 settings,
-                env | {"INVSYNC_STATE_DIR": f"{tmp}/state{i}", "INVSYNC_WEB_PORT": str(6066 + i)},
+                env | {"INVSYNC_STATE_DIR": f"{tmp}/state{i}", "INVSYNC_WEB_PORT": str(port)},
                 RESULTS / f"worker{i}.log",
             )
-            for i in range(args.workers)
+            for i, port in enumerate(_free_port() for _ in range(args.workers))
         ]
         proc = procs[0]
         try:
             print(f"invsync: {args.workers} worker(s) folding the same events ...")
-            invsync_eps = invsync_throughput(settings, args.events, proc)
+            invsync_eps = invsync_throughput(settings, args.events, proc, since_ms)
             print(f"  {invsync_eps:,.0f} events/s")
             rate = invsync_eps / 2
             print(f"latency at {rate:,.0f} events/s for {args.latency_seconds:.0f}s ...")
@@ -336,23 +415,46 @@ def main() -> None:
         "p50_ms": round(_pct(lat, 50), 1),
         "p99_ms": round(_pct(lat, 99), 1),
         "latency_samples": len(lat),
+        **(
+            {
+                "invsync_eps_no_metrics": round(quiet_eps),
+                "metrics_overhead": round(1 - invsync_eps / quiet_eps, 3),
+            }
+            if args.compare_metrics
+            else {}
+        ),
         "commit": commit,
         "cpus": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (RESULTS / "latest.json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print()
-    print(
+    header = (
         f"{'events':>10} {'baseline eps':>13} {'invsync eps':>12} {'ratio':>6} "
         f"{'p50 ms':>7} {'p99 ms':>7}"
     )
-    print(
+    row = (
         f"{result['events']:>10,} {result['baseline_eps']:>13,} {result['invsync_eps']:>12,} "
         f"{result['ratio']:>6} {result['p50_ms']:>7} {result['p99_ms']:>7}"
     )
-    AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).delete_topics(
-        [s.full_name(settings) for s in topics.all_topics(settings)]
-    )
+    if args.compare_metrics:
+        header += f" {'eps no metrics':>15} {'metrics overhead':>17}"
+        row += f" {result['invsync_eps_no_metrics']:>15,} {result['metrics_overhead']:>17.1%}"
+    print(header)
+    print(row)
+    _delete_topics(settings)
+
+
+def _delete_topics(settings: Settings) -> None:
+    """The run's topics, table changelogs included (named after the app ids)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    ours = (settings.topic_prefix, f"{settings.app_id}-")
+    names = [n for n in admin.list_topics(timeout=10).topics if n.startswith(ours)]
+    for name, future in (admin.delete_topics(names) if names else {}).items():
+        try:
+            future.result()
+        except KafkaException as error:
+            print(f"could not delete {name}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

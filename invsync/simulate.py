@@ -106,6 +106,7 @@ from invsync.settings import Settings
 from streams import records
 from streams.topics import (
     CYCLE_COUNTS,
+    ERP_SNAPSHOTS,
     POS_SALES,
     RESERVATIONS,
     WMS_MOVEMENTS,
@@ -139,6 +140,9 @@ MAX_PERIODIC_COUNT_SHARE = 0.05  # large assortments: periodic counts capped at 
 STORE_MISCOUNT = 0.08  # chance a store count is off
 DC_MISCOUNT = 0.01
 REPORT_DELAY_MS = (30 * SECOND_MS, 4 * MINUTE_MS)  # counted_at -> occurred_at
+ERP_SNAPSHOT_AT_MS = 2 * HOUR_MS  # the ERP's nightly snapshot of DC stock, as of 02:00 UTC ...
+ERP_SNAPSHOT_DELAY_MS = HOUR_MS  # ... reported an hour later
+ERP_ERROR_SHARE = 0.02  # snapshots where the ERP missed a booking of 1-3 units (drift)
 VERIFY_DELAY_MS = (10 * MINUTE_MS, 60 * MINUTE_MS)  # receipt -> verification count
 OPENING_COUNT_LEAD_MS = 4 * MINUTE_MS  # opening counts: counted_at = start - this
 MIN_HOLD_MS = SECOND_MS
@@ -227,6 +231,7 @@ class SimulationConfig:
     wms: bool = True
     movements_per_second: float = 0.02
     reservations_per_second: float = 0.1
+    erp_snapshots: bool = True
 
     def __post_init__(self) -> None:
         _require(self.events >= 0, "events", "must be >= 0 (0 = endless)")
@@ -258,6 +263,8 @@ class SimulationConfig:
             specs.append(WMS_MOVEMENTS)
         if self.reservations_per_second > 0:
             specs.append(RESERVATIONS)
+        if self.erp_snapshots:
+            specs.append(ERP_SNAPSHOTS)
         return specs
 
     def resolved_start_ms(self) -> int:
@@ -420,6 +427,8 @@ class _World:
         if config.opening_counts:
             yield from self._opening_counts()
         self._schedule_periodic_counts()
+        if config.erp_snapshots:
+            self._schedule_erp_snapshot(self.start_ms)
         start = float(self.start_ms)
         if config.reservations_per_second > 0:
             self._schedule_arrival(start, "order", config.reservations_per_second, ONLINE_FLAT)
@@ -471,6 +480,8 @@ class _World:
             self._release_promise(payload)
         elif kind == "fulfil":
             self._fulfil(at, payload)
+        elif kind == "erp_snapshot":
+            self._erp_snapshot(at)
         return None
 
     def _next_arrival(self, at: float, per_second: float, flat: float) -> float:
@@ -741,6 +752,32 @@ class _World:
             kind = "PICK" if self.rng.random() < DC_PICK_SHARE else "SHIP"
             self._emit(at, self._movement(at, hold.sku, hold.loc, kind, quantity))
         self._maybe_reorder(at, hold.sku, hold.loc)
+
+    # -- ERP snapshots ---------------------------------------------------------------------------
+
+    def _schedule_erp_snapshot(self, after: int) -> None:
+        """The next nightly snapshot strictly after ``after``."""
+        day = (after - ERP_SNAPSHOT_AT_MS) // DAY_MS + 1
+        self._schedule(day * DAY_MS + ERP_SNAPSHOT_AT_MS, "erp_snapshot", None)
+
+    def _erp_snapshot(self, at: int) -> None:
+        """The ERP's on hand of every DC key stocked so far: what was booked (the units there
+        plus the losses not recorded yet), now and then missing a booking (drift)."""
+        for (sku, loc), stock in sorted(self.stock.items()):
+            if self._is_store(loc):
+                continue
+            booked = stock.units + self.dc_drift.get((sku, loc), 0)
+            if self.rng.random() < ERP_ERROR_SHARE:
+                booked = max(0, booked + self.rng.choice((-1, 1)) * self.rng.randint(1, 3))
+            location = self.locations[loc]
+            value = records.erp_snapshot(
+                self._next_id("erp"), "erp", self.skus[sku], location, as_of=at,
+                reported_at=at + ERP_SNAPSHOT_DELAY_MS, on_hand=booked,
+            )  # fmt: skip
+            key = make_key(self.skus[sku], location)
+            record = SimRecord(ERP_SNAPSHOTS, key, value, kind="snapshot")
+            self._schedule(at + ERP_SNAPSHOT_DELAY_MS, "report", record)
+        self._schedule_erp_snapshot(at)
 
     # -- counts ----------------------------------------------------------------------------------
 

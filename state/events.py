@@ -18,6 +18,7 @@ class Kind(StrEnum):
     MOVEMENT = "movement"  # WMS: signed change of on hand; ``ref`` is the movement type
     RESERVE = "reserve"  # a hold opened (+) or ended (-): changes reserved, not on hand
     COUNT = "count"  # cycle count: on hand as of counted_at is the counted quantity
+    SNAPSHOT = "snapshot"  # ERP on hand as of a time: reconciled (drift), never applied
 
 
 # WMS movement type -> sign of its effect on on hand (ADJUSTMENT carries its own sign).
@@ -70,9 +71,10 @@ class StockEvent(NamedTuple):
         return f"{self.sku}{KEY_SEPARATOR}{self.location}"
 
     def order_key(self) -> tuple[int, int, str, str]:
-        """Total order used to fold events: event time, counts before movements at the same
-        instant (a count at t contains what happened before t), then identity."""
-        return (self.effective_at, 0 if self.kind is Kind.COUNT else 1, self.source, self.event_id)
+        """Total order used to fold events: event time, counts and snapshots before movements at
+        the same instant (a count at t contains what happened before t), then identity."""
+        as_of = self.kind is Kind.COUNT or self.kind is Kind.SNAPSHOT
+        return (self.effective_at, 0 if as_of else 1, self.source, self.event_id)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -187,3 +189,18 @@ def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> Stoc
         quantity=counted,
         ref=text_field(record, "count_id"),
     )
+
+
+def snapshot_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> StockEvent:
+    """An ERP snapshot: on hand as of ``as_of``. A negative on hand, or one dated more than
+    ``skew_ms`` after it was reported (``occurred_at``), is invalid."""
+    on_hand = record.get("on_hand")
+    if not isinstance(on_hand, int) or isinstance(on_hand, bool) or on_hand < 0:
+        raise InvalidEvent("invalid_quantity", f"snapshot on_hand must be >= 0: {on_hand!r}")
+    as_of = millis_field(record.get("as_of"), "as_of")
+    reported_at = millis_field(record.get("occurred_at"), "occurred_at")
+    if as_of > reported_at + skew_ms:
+        raise InvalidEvent(
+            "future_snapshot", f"as_of {as_of} is after occurred_at {reported_at} + skew"
+        )
+    return StockEvent(**_common(record), kind=Kind.SNAPSHOT, effective_at=as_of, quantity=on_hand)

@@ -9,6 +9,9 @@ Guarantees (each is a property test in ``tests/unit``):
 * **As-of counts.** A count at ``t`` replaces recorded on hand as of ``t``; a movement before ``t``
   that arrives after the count is not applied again (it adjusts the count's discrepancy instead);
   movements at or after ``t`` apply on top.
+* **ERP snapshots are reconciled, never applied.** A snapshot at ``t`` changes nothing but the
+  version; when it settles, every event before ``t`` has been applied in order, so its
+  :class:`Drift` compares the ERP with the recorded on hand exactly as of ``t``.
 * **Idempotence.** An event whose ``(source, event_id)`` is pending, or was settled less than one
   lateness window ago, is a duplicate and changes nothing.
 
@@ -62,6 +65,12 @@ class Ledger(NamedTuple):
 def apply(ledger: Ledger, event: StockEvent, *, late: bool = False) -> Ledger:
     """Ledger after one event, with the as-of semantics of counts (a count says nothing about
     reservations: a reserved delta only changes ``reserved``)."""
+    if event.kind is Kind.SNAPSHOT:  # reconciled by the caller (drift), never applied
+        return ledger._replace(
+            applied=ledger.applied + 1,
+            late=ledger.late + late,
+            as_of=max(ledger.as_of, event.effective_at),
+        )
     if event.kind is Kind.RESERVE:
         return ledger._replace(
             reserved=ledger.reserved + event.quantity,
@@ -137,6 +146,20 @@ class SettledCount(NamedTuple):
     previous_count_at: int | None  # None: the position's first count
 
 
+class Drift(NamedTuple):
+    """An ERP snapshot reconciled against the position as of its time: ``drift`` = ERP on hand
+    - recorded on hand. ``exact`` is False for a snapshot that arrived behind the horizon: the
+    settled on hand it is compared with may include movements after its time."""
+
+    event: StockEvent
+    recorded: int
+    exact: bool
+
+    @property
+    def drift(self) -> int:
+        return self.event.quantity - self.recorded
+
+
 def _settled_count(before: Ledger, after: Ledger, event: StockEvent) -> SettledCount | None:
     took_effect = (after.last_count_at, after.last_count_id) == (event.effective_at, event.ref)
     if event.kind is not Kind.COUNT or not took_effect:
@@ -152,12 +175,13 @@ class OpenPosition:
     :meth:`close` returns the position to store and leaves this object equal to
     ``OpenPosition(closed)``, so a caller may keep it open across batches (a cache) instead of
     reopening the stored value. The cost per event is O(log n) plus a list insert, not a copy.
-    Counts that settle are collected in ``settled_counts``, and ERP deltas of windows that
-    complete in ``netting.deltas``, for the caller to take.
+    Counts that settle are collected in ``settled_counts``, ERP snapshots that settle in
+    ``drifts``, and ERP deltas of windows that complete in ``netting.deltas``, for the caller to
+    take.
     """
 
-    __slots__ = ("_view", "horizon", "ids", "netting", "pending", "settled", "settled_counts",
-                 "settled_ids", "stream_time")  # fmt: skip
+    __slots__ = ("_view", "drifts", "horizon", "ids", "netting", "pending", "settled",
+                 "settled_counts", "settled_ids", "stream_time")  # fmt: skip
 
     def __init__(self, position: Position, net_window_ms: int = DEFAULT_WINDOW_MS) -> None:
         self.settled = position.settled
@@ -169,6 +193,7 @@ class OpenPosition:
         self.ids.update((src, eid) for src, eid, _ in self.settled_ids)
         self._view: Ledger | None = None
         self.settled_counts: list[SettledCount] = []
+        self.drifts: list[Drift] = []
         self.netting = Netting(position.netting, net_window_ms)
 
     @property
@@ -201,6 +226,8 @@ class OpenPosition:
             before, self.settled = self.settled, apply(self.settled, event, late=True)
             if (counted := _settled_count(before, self.settled, event)) is not None:
                 self.settled_counts.append(counted)
+            elif event.kind is Kind.SNAPSHOT:
+                self.drifts.append(Drift(event, before.on_hand, exact=False))
             self.netting.settled(event, self.settled.on_hand - before.on_hand, late=True)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             self._view = None
@@ -234,6 +261,8 @@ class OpenPosition:
             before, settled = settled, apply(settled, event)
             if event.kind is Kind.COUNT and (counted := _settled_count(before, settled, event)):
                 self.settled_counts.append(counted)
+            elif event.kind is Kind.SNAPSHOT:  # every event before it is applied: as of its time
+                self.drifts.append(Drift(event, before.on_hand, exact=True))
             self.netting.settled(event, settled.on_hand - before.on_hand, late=False)
             self.settled_ids.append((event.source, event.event_id, event.effective_at))
             cut += 1

@@ -46,6 +46,8 @@ MAX_IN_FLIGHT_BATCHES = 4  # folded, not yet acknowledged by the broker: bounds 
 def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = None) -> faust.App:
     """A Faust app for these settings and channel policy (validated by the worker's preflight),
     with its agents registered (not started)."""
+    if not settings.metrics_enabled:
+        metrics.disable()  # only to measure what the metrics cost (bench --compare-metrics)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -82,7 +84,8 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
 
     inputs = raw_topic(
         *(spec.full_name(settings) for spec in (topics.POS_SALES, topics.WMS_MOVEMENTS,
-                                                topics.CYCLE_COUNTS, topics.RESERVED_DELTAS))
+                                                topics.CYCLE_COUNTS, topics.RESERVED_DELTAS,
+                                                topics.ERP_SNAPSHOTS))
     )  # fmt: skip
     reservation_events = raw_topic(topics.RESERVATIONS.full_name(settings))
     availability = {

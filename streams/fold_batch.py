@@ -48,8 +48,17 @@ from state.events import (
     movement_from_record,
     reserved_delta_from_record,
     sale_from_record,
+    snapshot_from_record,
 )
-from state.position import NEVER, OpenPosition, Position, SettledCount, from_primitive, to_primitive
+from state.position import (
+    NEVER,
+    Drift,
+    OpenPosition,
+    Position,
+    SettledCount,
+    from_primitive,
+    to_primitive,
+)
 from streams import metrics, topics
 from streams.applied_offsets import MARK_KEY, AppliedOffsets
 from streams.codec import Codec, DecodeError
@@ -110,6 +119,7 @@ class BatchFolder:
         self.dead_letters = dead_letters
         self.discrepancies = topics.COUNT_DISCREPANCIES.full_name(settings)
         self.erp_deltas = topics.ERP_STOCK_DELTAS.full_name(settings)
+        self.erp_drift = topics.ERP_DRIFT.full_name(settings)
         # per partition: key -> end of its open ERP netting window (this generation's partitions)
         self.open_windows: dict[int, dict[bytes, int]] = {}
         self.next_due: dict[int, int] = {}  # per partition: no window ends before this
@@ -119,6 +129,7 @@ class BatchFolder:
             topics.WMS_MOVEMENTS.full_name(settings): movement_from_record,
             topics.CYCLE_COUNTS.full_name(settings): count_from_record,
             topics.RESERVED_DELTAS.full_name(settings): reserved_delta_from_record,
+            topics.ERP_SNAPSHOTS.full_name(settings): snapshot_from_record,
         }
         self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
         self.applied = AppliedOffsets(
@@ -209,6 +220,9 @@ class BatchFolder:
             for settled in entry.position.settled_counts:
                 self._report_count(settled, ticket)
             entry.position.settled_counts.clear()
+            for drift in entry.position.drifts:
+                self._report_drift(drift, ticket)
+            entry.position.drifts.clear()
             for delta in entry.position.netting.deltas:
                 value = self.codec.encode(topics.ERP_STOCK_DELTAS, delta.to_record())
                 key = topics.make_key(delta.sku, delta.location).encode()
@@ -352,6 +366,20 @@ class BatchFolder:
                 first = False
             value = self.codec.encode(topics.availability(channel), availability.to_record())
             self.outputs.produce(ticket, topic, key, value)
+
+    def _report_drift(self, drift: Drift, ticket: Ticket) -> None:
+        snapshot = drift.event
+        kind = location_type(snapshot.location)
+        record = {
+            "snapshot_id": snapshot.event_id, "source": snapshot.source, "sku": snapshot.sku,
+            "location": snapshot.location, "location_type": kind, "as_of": snapshot.effective_at,
+            "erp_on_hand": snapshot.quantity, "recorded_on_hand": drift.recorded,
+            "drift": drift.drift, "exact": drift.exact,
+        }  # fmt: skip
+        value = self.codec.encode(topics.ERP_DRIFT, record)
+        self.outputs.produce(ticket, self.erp_drift, snapshot.key.encode(), value)
+        metrics.ERP_SNAPSHOTS.labels(kind, "in_agreement" if drift.drift == 0 else "drift").inc()
+        metrics.ERP_DRIFT_UNITS.labels(kind).observe(abs(drift.drift))
 
     def _report_count(self, settled: SettledCount, ticket: Ticket) -> None:
         count = settled.event

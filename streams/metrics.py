@@ -1,11 +1,22 @@
 """The worker's Prometheus metrics (one registry: prometheus-client's default).
 
 Labels are bounded: topic names, outcomes and reasons, never a sku or location.
+
+:func:`disable` (``INVSYNC_METRICS_ENABLED=false``, only to measure what the metrics cost)
+rebinds every metric of this module to a no-op with the same methods and takes them off the
+registry. Call sites must look metrics up at call time (``metrics.EVENTS.labels(...)``), never
+keep a reference, so that it applies to them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 EVENTS = Counter(
     "invsync_input_events_total",
@@ -71,8 +82,82 @@ POSITION_CONFIDENCE = Histogram(
     ["location_type"],
     buckets=(0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
+ERP_SNAPSHOTS = Counter(
+    "invsync_erp_snapshots_total",
+    "ERP snapshots reconciled, by location type and outcome (in_agreement, drift).",
+    ["location_type", "outcome"],
+)
+ERP_DRIFT_UNITS = Histogram(
+    "invsync_erp_drift_units",
+    "Absolute drift of each reconciled ERP snapshot (ERP on hand - recorded, as of its time).",
+    ["location_type"],
+    buckets=(0, 1, 2, 5, 10, 25, 50, 100, 500),
+)
 PHANTOM_SUSPECTS = Gauge(
     "invsync_phantom_suspects",
     "Positions this worker last published as frozen (phantom-stock suspects), by location type.",
     ["location_type"],
 )
+
+
+class NullMetric:
+    """Every method the worker calls on a metric (and on its children), doing nothing."""
+
+    def labels(self, *values: object, **labels: object) -> NullMetric:
+        return self
+
+    def remove(self, *values: object) -> None:
+        pass
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+    def time(self) -> NullMetric:
+        """A context manager and decorator that times nothing."""
+        return self
+
+    def __enter__(self) -> NullMetric:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def __call__(self, f: _F) -> _F:
+        return f
+
+
+NULL = NullMetric()
+# Every metric defined above (define new ones above this line: tests/unit/test_metrics_switch.py)
+_METRICS: dict[str, MetricWrapperBase] = {
+    name: value for name, value in globals().items() if isinstance(value, MetricWrapperBase)
+}
+
+
+def disable() -> None:
+    """Make every metric of this module a no-op and stop exporting them (idempotent)."""
+    module = globals()
+    for name, metric in _METRICS.items():
+        if module[name] is metric:
+            REGISTRY.unregister(metric)
+            module[name] = NULL
+
+
+def enable() -> None:
+    """Undo :func:`disable`: the original metrics, with what they had counted, exported again."""
+    module = globals()
+    for name, metric in _METRICS.items():
+        if module[name] is not metric:
+            REGISTRY.register(metric)
+            module[name] = metric

@@ -27,6 +27,14 @@ def cycle_count(
             "counted_quantity": counted}  # fmt: skip
 
 
+def erp_snapshot(
+    event_id: str, source: str, sku: str, location: str, *, as_of: int, reported_at: int,
+    on_hand: int,
+) -> dict[str, Any]:  # fmt: skip
+    return {"event_id": event_id, "source": source, "sku": sku, "location": location,
+            "occurred_at": reported_at, "as_of": as_of, "on_hand": on_hand}  # fmt: skip
+
+
 def wms_movement(
     event_id: str, source: str, sku: str, location: str, occurred_at: int, movement_type: str,
     quantity: int, transfer_id: str | None = None, counterpart_location: str | None = None,

@@ -54,14 +54,16 @@ POS_SALES = TopicSpec("pos.sales", "pos_sale", "sku|location", "input")
 WMS_MOVEMENTS = TopicSpec("wms.movements", "wms_movement", "sku|location", "input")
 CYCLE_COUNTS = TopicSpec("inventory.counts", "cycle_count", "sku|location", "input")
 RESERVATIONS = TopicSpec("reservations.events", "reservation_event", "reservation_id", "input")
+ERP_SNAPSHOTS = TopicSpec("erp.snapshots", "erp_snapshot", "sku|location", "input")
 RESERVED_DELTAS = TopicSpec("invsync.reserved-deltas", "reserved_delta", "sku|location", "internal")
 COUNT_DISCREPANCIES = TopicSpec(
     "invsync.count-discrepancies", "count_discrepancy", "location", "output"
 )
 ERP_STOCK_DELTAS = TopicSpec("erp.stock-deltas", "erp_stock_delta", "sku|location", "output")
+ERP_DRIFT = TopicSpec("erp.drift", "erp_drift", "sku|location", "output")
 DEAD_LETTERS = TopicSpec("invsync.dead-letters", "dead_letter", "source topic", "error")
 
-INPUTS = (POS_SALES, WMS_MOVEMENTS, CYCLE_COUNTS, RESERVATIONS)
+INPUTS = (POS_SALES, WMS_MOVEMENTS, CYCLE_COUNTS, RESERVATIONS, ERP_SNAPSHOTS)
 
 
 def availability(channel: str) -> TopicSpec:
@@ -74,7 +76,8 @@ def availability(channel: str) -> TopicSpec:
 def all_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the deployment needs (table changelogs are created by the worker's app)."""
     outputs = [availability(channel) for channel in settings.channels]
-    return [*INPUTS, RESERVED_DELTAS, *outputs, COUNT_DISCREPANCIES, ERP_STOCK_DELTAS, DEAD_LETTERS]
+    return [*INPUTS, RESERVED_DELTAS, *outputs, COUNT_DISCREPANCIES, ERP_STOCK_DELTAS, ERP_DRIFT,
+            DEAD_LETTERS]  # fmt: skip
 
 
 @cache

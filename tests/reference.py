@@ -20,7 +20,8 @@ def distinct(events: Iterable[StockEvent]) -> list[StockEvent]:
 
 
 def reference_on_hand(events: Iterable[StockEvent]) -> int:
-    unique = [e for e in distinct(events) if e.kind is not Kind.RESERVE]
+    # reservations change reserved; ERP snapshots are reconciled, never applied
+    unique = [e for e in distinct(events) if e.kind not in (Kind.RESERVE, Kind.SNAPSHOT)]
     counts = [e for e in unique if e.kind is Kind.COUNT]
     if not counts:
         return sum(e.quantity for e in unique)

@@ -1,34 +1,49 @@
-"""Every dashboard panel returns data from a real Prometheus scraping a real worker under load,
+"""Every dashboard panel returns data from a real Prometheus scraping real processes under load,
 and the worker's probes answer (issue 6).
 
-Panels whose metrics belong to features not built yet are listed in ``NOT_YET_EMITTED``; the
-test asserts the set of empty panels is exactly that, so a panel that goes dark — or a feature
-that lands without its panel being taken off the list — fails here.
+Processes, each its own OS process as in production: the worker, the Redis sink
+(``invsync sink redis``), the ERP simulator and the ERP dispatcher (``python -m sinks.erp``, what
+``invsync sink erp`` runs) posting to it. Prometheus scrapes them under the jobs of
+ops/prometheus/prometheus.yml (``invsync``, ``invsync-redis-sink``, ``invsync-erp``). ERP deltas
+are emitted once the event-time horizon (watermark - lateness) passes a netting window's end, so
+this test nets over 2 s windows with a 2 s lateness bound and skew; the steady load advances
+event time by 1 s every 200 ms, so deltas reach the ERP within seconds.
+
+Every panel must have data: a metric that legitimately stays 0 (Redis write errors) is exported
+at 0 from the start, so its panel draws a flat line rather than nothing.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops import dashboard_live
+from sinks.read_model import RedisReadModel
 from streams import topics
-from tests.integration.conftest import Deployment
+from tests.integration.conftest import INVSYNC, ROOT, Deployment, free_port
 from tests.integration.kafka_io import poll_until, produce
+from tests.integration.test_erp_delivery import ErpSim, start_dispatcher
+from tests.integration.test_redis_sink import delete_keys
 from tests.integration.test_reservations_e2e import reservation
 from tests.integration.test_worker_e2e import T0, count, sale
 
-# (row, panel) of panels fed by metrics of later features: ERP delivery and the Redis read model
-# (channels & sinks issue).
-NOT_YET_EMITTED = {
-    ("Sinks", "ERP deltas accepted"),
-    ("Sinks", "Redis write errors"),
+# Event time: small netting windows and horizon, so ERP deltas flow while the test runs.
+FAST_EVENT_TIME = {
+    "INVSYNC_ERP_WINDOW_MS": "2000",
+    "INVSYNC_LATENESS_MS": "2000",
+    "INVSYNC_INPUT_SKEW_MS": "2000",
 }
 
 pytestmark = pytest.mark.skipif(
@@ -42,6 +57,36 @@ def _get(url: str) -> tuple[int, dict[str, str]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def erp_sim(tmp_path: Path) -> Iterator[ErpSim]:
+    """The ERP simulator as its own process; killed if SIGTERM does not stop it."""
+    sim = ErpSim(free_port(), tmp_path / "erp.sqlite", tmp_path / "worker-erp-simulator.log")
+    try:
+        yield sim
+    finally:
+        proc = sim.proc
+        try:
+            sim.stop()
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def start_redis_sink(dep: Deployment) -> tuple[subprocess.Popen[bytes], int]:
+    """``invsync sink redis`` as its own process on a free port; stopped by the deployment
+    fixture (its log is one of the deployment's)."""
+    port = free_port()
+    env = dict(os.environ) | dep.env | {"INVSYNC_REDIS_SINK_PORT": str(port)}
+    with (dep.tmp / "worker-redis-sink.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [str(INVSYNC), "sink", "redis"], cwd=ROOT, env=env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    dep.workers.append(proc)
+    return proc, port
 
 
 def _ready(base: str) -> bool:
@@ -68,31 +113,86 @@ def _steady_load(dep: Deployment, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
-def test_every_panel_has_data_and_the_probes_answer(deployment: Deployment) -> None:
-    deployment.start_worker()
+def test_every_panel_has_data_and_the_probes_answer(
+    erp_sim: ErpSim, deployment: Deployment
+) -> None:
+    deployment.env.update(FAST_EVENT_TIME)
+    erp_sim.start()
+    worker = deployment.start_worker()
+    redis_sink, redis_port = start_redis_sink(deployment)
+    dispatcher, erp_port = start_dispatcher(deployment, erp_sim, "erp-dispatcher")
+    processes = {"worker": worker, "redis sink": redis_sink, "ERP dispatcher": dispatcher}
+    read_model = RedisReadModel.from_settings(deployment.settings)  # the deployment's key prefix
     base = f"http://127.0.0.1:{deployment.web_ports['w1']}"
-    poll_until(lambda: _ready(base), 120, "the worker to be ready")
-    assert _get(f"{base}/livez") == (200, {"status": "alive"})
+
+    def running(check: object) -> object:
+        exited = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
+        assert not exited, f"exited: {exited}\n{deployment.logs()}"
+        return check
+
     stop = threading.Event()
     load = threading.Thread(target=_steady_load, args=(deployment, stop), daemon=True)
-    load.start()
     try:
+        poll_until(lambda: running(_ready(base)), 120, "the worker to be ready")
+        assert _get(f"{base}/livez") == (200, {"status": "alive"})
+        load.start()
         poll_until(
-            lambda: b"invsync_event_to_publish_seconds_count" in _metrics(base),
+            lambda: running(b"invsync_event_to_publish_seconds_count" in _metrics(base)),
             60,
             "the worker to publish",
         )
+        redis_metrics = f"http://127.0.0.1:{redis_port}/metrics"
+        erp_metrics = f"http://127.0.0.1:{erp_port}/metrics"
+        applied = {"sink": "redis", "outcome": "applied"}
+        poll_until(
+            lambda: running(_sample(redis_metrics, "invsync_sink_records_total", **applied)),
+            60,
+            "the Redis sink to write availability records",
+        )
+        poll_until(
+            lambda: running(
+                _sample(erp_metrics, "invsync_erp_deltas_accepted_total")
+                and erp_sim.state()["accepted"]
+            ),
+            60,
+            "the ERP to accept stock deltas",
+        )
         out = io.StringIO()
         missing = dashboard_live.run(
-            [dashboard_live.Target.parse(f"{base}/metrics")], timeout=90, out=out
+            [
+                dashboard_live.Target.parse(f"{base}/metrics"),  # job "invsync"
+                dashboard_live.Target.parse(f"invsync-redis-sink={redis_metrics}"),
+                dashboard_live.Target.parse(f"invsync-erp={erp_metrics}"),
+            ],
+            port=free_port(),
+            timeout=90,
+            out=out,
         )
+        running(None)
     finally:
         stop.set()
-        load.join(30)
-    empty = {(query.row, query.panel) for query in missing}
-    assert empty == NOT_YET_EMITTED, out.getvalue()
+        if load.is_alive():
+            load.join(30)
+        deployment.stop_worker(redis_sink)  # before its keys go (the fixture stops the rest)
+        delete_keys(read_model)
+        read_model.close()
+    assert missing == [], out.getvalue()
 
 
 def _metrics(base: str) -> bytes:
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
         return bytes(response.read())
+
+
+def _sample(url: str, name: str, **labels: str) -> float:
+    """One sample's value on a /metrics page (0 while it is absent or the page is not up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0

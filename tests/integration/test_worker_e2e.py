@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from state.events import StockEvent, count_from_record, movement_from_record, sale_from_record
+from state.events import (
+    StockEvent,
+    count_from_record,
+    movement_from_record,
+    sale_from_record,
+    snapshot_from_record,
+)
 from streams import records, topics
 from tests.integration.conftest import Deployment
 from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all, read_all_with
@@ -136,6 +142,7 @@ def as_events(items: list[Item]) -> list[StockEvent]:
             topics.POS_SALES.name: sale_from_record,
             topics.WMS_MOVEMENTS.name: movement_from_record,
             topics.CYCLE_COUNTS.name: count_from_record,
+            topics.ERP_SNAPSHOTS.name: snapshot_from_record,
         }[spec.name]
         events.append(parse(value))
     return events
@@ -342,3 +349,35 @@ def test_erp_deltas_net_to_the_reference_on_hand_with_stable_ids(deployment):
         return Mismatch(keys_wrong=len(wrong), sample=dict(list(wrong.items())[:5]))
 
     poll_until(netted, 180, "ERP deltas net to the reference on hand")
+
+
+def snapshot(i: int, sku: str, loc: str, at: int, on_hand: int) -> Item:
+    value = records.erp_snapshot(
+        f"e{i}", "erp", sku, loc, as_of=at, reported_at=at + 30 * MINUTE, on_hand=on_hand
+    )
+    return topics.ERP_SNAPSHOTS, topics.make_key(sku, loc), value
+
+
+def test_erp_snapshots_report_drift_as_of_their_time_and_never_overwrite(deployment):
+    """A snapshot is compared with the position as of its time (movements after it, even
+    produced before it, are not counted); it is reported once and on hand is not changed."""
+    items: list[Item] = [count(1, "SKU1", "S1", T0, 20), sale(2, "SKU1", "S1", T0 + MINUTE, 3)]
+    items += [sale(10 + i, "SKU1", "S1", T0 + (10 + i) * MINUTE, 1) for i in range(5)]
+    # as of T0 + 5 min the record says 17; the ERP says 15 (and 17 for SKU2, in agreement)
+    items.append(snapshot(3, "SKU1", "S1", T0 + 5 * MINUTE, 15))
+    items += [count(4, "SKU2", "S1", T0, 17), snapshot(5, "SKU2", "S1", T0 + 5 * MINUTE, 17)]
+    # later sales of both keys move each partition's watermark (newest - the 30 min skew of a
+    # quiet topic) past the snapshots by more than the lateness bound
+    items += [sale(100 + i, f"SKU{1 + i % 2}", "S1", T0 + (60 + i) * MINUTE, 1) for i in range(4)]
+    produce(deployment.settings, [*items, items[-5]])  # and a snapshot redelivered
+    deployment.start_worker()
+    topic = topics.ERP_DRIFT.full_name(deployment.settings)
+
+    def reported() -> Any:
+        got = [(r["snapshot_id"], r["erp_on_hand"], r["recorded_on_hand"], r["drift"], r["exact"])
+               for r in read_all(deployment.settings, topic)]  # fmt: skip
+        want = [("e3", 15, 17, -2, True), ("e5", 17, 17, 0, True)]
+        return sorted(got) == want or Mismatch(got=got, want=want)
+
+    poll_until(reported, 120, "both snapshots to settle and report their drift")
+    assert_availability_reaches_reference(deployment, items)  # on hand untouched by the ERP

@@ -55,3 +55,22 @@ def test_every_movement_type_in_the_schema_has_a_sign():
     fields = {f["name"]: f for f in orjson.loads(schema_text(WMS_MOVEMENTS.schema))["fields"]}
     documented = set(fields["movement_type"]["doc"].replace(" ", "").split("|"))
     assert documented == set(MOVEMENT_SIGNS)
+
+
+def test_snapshot_records_are_validated() -> None:
+    from state.events import snapshot_from_record
+
+    base = {"event_id": "e1", "source": "erp", "sku": "SKU1", "location": "S001",
+            "occurred_at": 10_000, "as_of": 5_000, "on_hand": 12}  # fmt: skip
+    event = snapshot_from_record(base)
+    assert (event.kind, event.effective_at, event.quantity) == (Kind.SNAPSHOT, 5_000, 12)
+    cases = [
+        ({"on_hand": -1}, "invalid_quantity"),
+        ({"on_hand": True}, "invalid_quantity"),
+        ({"as_of": 10_000 + 300_001}, "future_snapshot"),
+        ({"sku": ""}, "missing_key"),
+    ]
+    for bad, reason in cases:
+        with pytest.raises(InvalidEvent) as caught:
+            snapshot_from_record({**base, **bad})
+        assert caught.value.reason == reason

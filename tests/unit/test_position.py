@@ -51,13 +51,15 @@ def _event(i: int, kind: str, at: int, qty: int) -> StockEvent:
         return StockEvent("reservations", f"r{i}", "sku1", "store1", Kind.RESERVE, at, qty - 4 or 2)
     if kind == "movement":
         return movement(f"m{i}", at, qty - 3 or 4)
+    if kind == "snapshot":
+        return StockEvent("erp", f"e{i}", "sku1", "store1", Kind.SNAPSHOT, at, qty)
     return sale(f"s{i}", at, qty - 5 or 1)
 
 
 # distinct events (ids from the list index): a redelivery repeats an event, it never changes it
 events_strategy = st.lists(
     st.tuples(
-        st.sampled_from(["sale", "sale", "sale", "movement", "reserve", "count"]),
+        st.sampled_from(["sale", "sale", "sale", "movement", "reserve", "count", "snapshot"]),
         st.integers(0, 20).map(lambda m: m * 60_000),
         st.integers(0, 10),
     ),
@@ -183,3 +185,54 @@ def test_a_superseded_count_is_no_evidence():
     position.settled_counts.clear()
     position.fold(count("old", 60_000, 9), lateness_ms=0, watermark=120_000)  # late, older
     assert position.settled_counts == []
+
+
+# --- ERP snapshots: reconciled as of their time, never applied -------------------------------
+
+
+def snapshot(eid: str, at: int, units: int) -> StockEvent:
+    return StockEvent("erp", eid, "sku1", "store1", Kind.SNAPSHOT, at, units)
+
+
+def drifts_of(events, lateness: int) -> tuple[Position, list]:
+    """Fold in arrival order with an OpenPosition, collecting the drifts as they settle."""
+    open_position, found = OpenPosition(Position()), []
+    watermark = NEVER
+    for event in events:
+        watermark = max(watermark, event.effective_at)
+        open_position.fold(event, lateness_ms=lateness, watermark=watermark)
+        found += open_position.drifts
+        open_position.drifts.clear()
+    open_position.advance(2**62, lateness_ms=lateness)  # settle everything
+    found += open_position.drifts
+    return open_position.close(lateness_ms=lateness), found
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-3, 5).filter(bool), min_size=1, max_size=20), st.data())
+def test_a_snapshot_is_compared_as_of_its_time_in_any_arrival_order(units, data) -> None:
+    movements = [movement(f"m{i}", (i + 1) * 1000, u) for i, u in enumerate(units)]
+    cut = data.draw(st.integers(0, len(movements)))
+    at = cut * 1000 + 500  # after the first `cut` movements
+    snap = snapshot("e1", at, 40)
+    arrival = data.draw(st.permutations([count("c0", 0, 20), *movements, snap]))
+    position, found = drifts_of(arrival, lateness=10**9)  # everything within the lateness bound
+    recorded = 20 + sum(units[:cut])
+    assert [(d.event, d.recorded, d.exact, d.drift) for d in found] == [
+        (snap, recorded, True, 40 - recorded)
+    ]
+    assert position.view().on_hand == 20 + sum(units)  # never applied
+
+
+def test_a_snapshot_behind_the_horizon_is_reported_inexact() -> None:
+    # m1 (2h) has settled when the 1h snapshot arrives (horizon 6h - 1h): the settled on hand
+    # it is compared with includes m1, which came after it; m2 (6h) is still pending
+    events = [count("c0", 0, 10), movement("m1", 2 * HOUR, -2), movement("m2", 6 * HOUR, -1)]
+    _, found = drifts_of([*events, snapshot("late", HOUR, 7)], lateness=HOUR)
+    assert [(d.recorded, d.exact, d.drift) for d in found] == [(8, False, -1)]
+
+
+def test_a_redelivered_snapshot_is_a_duplicate() -> None:
+    snap = snapshot("e1", 2000, 3)
+    position, outcomes = fold_all([count("c0", 0, 3), snap, snap])
+    assert outcomes[-1] is Outcome.DUPLICATE and position.view().on_hand == 3

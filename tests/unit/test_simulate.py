@@ -33,6 +33,7 @@ from state.reservations import (
 )
 from streams.topics import (
     CYCLE_COUNTS,
+    ERP_SNAPSHOTS,
     INPUTS,
     POS_SALES,
     RESERVATIONS,
@@ -118,7 +119,7 @@ def test_fault_shares_are_roughly_as_configured() -> None:
 def test_no_faults_when_shares_are_zero() -> None:
     recs = records(duplicate_share=0.0, out_of_order_share=0.0, poison_share=0.0)
     assert {r.kind for r in recs} <= {"sale", "return", "count", "movement", "reservation",
-                                      "invalid"}  # fmt: skip
+                                      "invalid", "snapshot"}  # fmt: skip
     times = [r.value["occurred_at"] for r in recs if r.value]
     assert times == sorted(times)
 
@@ -484,7 +485,7 @@ def test_rates_of_the_new_streams_follow_the_options() -> None:
     base = kinds()
     assert base[("reservations.events", "reservation")] > 0
     assert base[("wms.movements", "movement")] > 0
-    none = kinds(reservations_per_second=0.0, wms=False)
+    none = kinds(reservations_per_second=0.0, wms=False, erp_snapshots=False)
     assert {spec for spec, _ in none} == {"pos.sales", "inventory.counts"}
     more = kinds(reservations_per_second=0.3, movements_per_second=0.2)
     sales = ("pos.sales", "sale")
@@ -504,5 +505,12 @@ def test_without_wms_receipts_are_verified_by_counts() -> None:
 
 
 def test_topics_of_a_config() -> None:
-    assert config().topics() == [POS_SALES, CYCLE_COUNTS, WMS_MOVEMENTS, RESERVATIONS]
-    assert config(wms=False, reservations_per_second=0.0).topics() == [POS_SALES, CYCLE_COUNTS]
+    assert config().topics() == [
+        POS_SALES,
+        CYCLE_COUNTS,
+        WMS_MOVEMENTS,
+        RESERVATIONS,
+        ERP_SNAPSHOTS,
+    ]
+    quiet = config(wms=False, reservations_per_second=0.0, erp_snapshots=False)
+    assert quiet.topics() == [POS_SALES, CYCLE_COUNTS]
