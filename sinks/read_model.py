@@ -1,13 +1,19 @@
-"""The Redis read model: the latest availability record per channel, sku and location.
+"""The Redis read model: the latest availability record per channel, sku and location, and the
+latest network aggregate per channel, location group and sku.
 
 One Redis hash per position and channel, at ``<prefix>:<channel>:<sku>|<location>``, where the
 prefix is ``<INVSYNC_TOPIC_PREFIX>invsync:avail`` (so deployments that share a broker under
 different topic prefixes do not share keys) and ``sku|location`` is the Kafka key of the
 availability topic. ``|`` cannot occur in a sku or location (the worker dead-letters such
-events) while ``:`` can, so no two positions share a key. The hash has two fields:
+events) while ``:`` can, so no two positions share a key. A group record (of
+``availability.<channel>.groups``, told apart by its ``group`` field) is at
+``<prefix>:<channel>:group:<group>|<sku>``; group names cannot contain ``:`` or ``|``, so no two
+groups share a key, but a position whose sku is ``group:<group>`` and whose location is another
+sku would share one with that group record (no such sku is expected). The hash has two fields:
 
-- ``version``: the record's version (an integer; monotone per position, see the schema);
-- ``r``: the whole availability record as JSON (orjson), timestamps as epoch millis.
+- ``version``: the record's version (an integer; monotone per position or group, see the
+  schemas);
+- ``r``: the whole record as JSON (orjson), timestamps as epoch millis.
 
 Guarantees:
 
@@ -35,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -93,6 +99,28 @@ def redis_key(prefix: str, channel: str, sku: str, location: str) -> str:
     return f"{prefix}:{channel}:{sku}{KEY_SEPARATOR}{location}"
 
 
+def group_redis_key(prefix: str, channel: str, group: str, sku: str) -> str:
+    """The hash holding one channel's network aggregate of one sku over one location group."""
+    return f"{prefix}:{channel}:group:{group}{KEY_SEPARATOR}{sku}"
+
+
+def record_ident(record: dict[str, Any]) -> tuple[str, ...]:
+    """What a record is the latest of: (channel, sku, location) for a position's record,
+    (channel, "group", group, sku) for a group record (it has a ``group`` field)."""
+    if "group" in record:
+        return (record["channel"], "group", record["group"], record["sku"])
+    return (record["channel"], record["sku"], record["location"])
+
+
+def ident_key(prefix: str, ident: tuple[str, ...]) -> str:
+    """The hash of a :func:`record_ident`."""
+    if len(ident) == 4:
+        channel, _, group, sku = ident
+        return group_redis_key(prefix, channel, group, sku)
+    channel, sku, location = ident
+    return redis_key(prefix, channel, sku, location)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -116,12 +144,12 @@ def decode_record(data: bytes) -> dict[str, Any]:
 
 def newest_per_key(
     records: Iterable[dict[str, Any]],
-) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """The highest-version record per (channel, sku, location); the first of equal versions
-    (the others could not apply after it)."""
-    newest: dict[tuple[str, str, str], dict[str, Any]] = {}
+) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The highest-version record per :func:`record_ident` (channel, sku, location; or a
+    group's); the first of equal versions (the others could not apply after it)."""
+    newest: dict[tuple[str, ...], dict[str, Any]] = {}
     for record in records:
-        ident = (record["channel"], record["sku"], record["location"])
+        ident = record_ident(record)
         kept = newest.get(ident)
         if kept is None or int(record["version"]) > int(kept["version"]):
             newest[ident] = record
@@ -174,9 +202,9 @@ class RedisReadModel:
             return WriteResult(0, 0)
         newest = newest_per_key(records)
         pipe = self.client.pipeline(transaction=False)
-        for (channel, sku, location), record in newest.items():
+        for ident, record in newest.items():
             self._write_if_newer(
-                keys=[self.key(channel, sku, location)],
+                keys=[ident_key(self.prefix, ident)],
                 args=[int(record["version"]), encode_record(record)],
                 client=pipe,
             )
@@ -202,6 +230,11 @@ class RedisReadModel:
         """One sku's stored record at each location (``None`` where there is none)."""
         found = self.get_many(channel, [(sku, location) for location in locations])
         return dict(zip(locations, found, strict=True))
+
+    def get_group(self, channel: str, group: str, sku: str) -> dict[str, Any] | None:
+        """The stored network aggregate of one sku over one group, or ``None``."""
+        data = self.client.hget(group_redis_key(self.prefix, channel, group, sku), RECORD_FIELD)
+        return None if data is None else decode_record(cast(bytes, data))
 
     def close(self) -> None:
         self.client.close()

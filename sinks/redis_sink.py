@@ -1,6 +1,7 @@
 """The Redis sink: the compacted ``availability.<channel>`` topics into the Redis read model.
 
-:func:`run_redis_sink` consumes every configured channel's availability topic in one consumer
+:func:`run_redis_sink` consumes every configured channel's availability topic (and its
+``availability.<channel>.groups`` topic of network aggregates) in one consumer
 group (``<INVSYNC_APP_ID>-redis``), decodes each batch, writes it to :class:`RedisReadModel`
 and then commits the batch's offsets. :func:`rebuild_read_model` re-reads the topics from the
 beginning into Redis and returns once it has reached the end offsets seen at its start.
@@ -86,8 +87,11 @@ class _Stopped(Exception):
 
 
 def availability_topics(settings: Settings) -> list[str]:
-    """The full names of every configured channel's availability topic."""
-    return [topics.availability(channel).full_name(settings) for channel in settings.channels]
+    """The full names of every configured channel's availability topic, then of every
+    channel's group (network aggregate) topic."""
+    specs = [*map(topics.availability, settings.channels)]
+    specs += map(topics.group_availability, settings.channels)
+    return [spec.full_name(settings) for spec in specs]
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

@@ -48,6 +48,10 @@ class Availability(NamedTuple):
     variance: float
     phantom_probability: float
     frozen: bool
+    bound_by: str = ""  # what limited the offer (state.channel_policy.Offer)
+    reason: str = ""
+    min_confidence: float = 0.0
+    held_back: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return self._asdict()
@@ -176,4 +180,8 @@ def project(
         variance=explanation.variance,
         phantom_probability=explanation.phantom_probability,
         frozen=explanation.frozen,
+        bound_by=result.bound_by,
+        reason=result.reason,
+        min_confidence=result.min_confidence,
+        held_back=result.held_back,
     )

@@ -28,8 +28,11 @@ The reported confidence is that of the shelf units behind the offered quantity:
 Location groups (``[groups.<name>]``) are sets of locations: every location of the listed
 ``location_types``, plus explicit ``locations``, plus ids starting with one of the
 ``prefixes``. A channel's ``groups`` restrict its eligibility; its ``aggregates`` name the groups
-it publishes sums for (stored here, used by the publisher). ``rate_limit`` (records/s) is stored
-for the publisher.
+it publishes sums for (stored here, used by the publisher). How records reach a channel defined
+in a policy file (:mod:`state.publishing`, :mod:`streams.channel_publisher`): only changes that
+matter (``offered`` or ``status`` changed, or the confidence moved by ``confidence_step``,
+default 0.05), coalesced per key, at most ``rate_limit`` records/s, transitions to out-of-stock
+first. The built-in default channel (no policy file) publishes every version of every position.
 """
 
 from __future__ import annotations
@@ -149,6 +152,8 @@ class Channel:
     buffer_pct: float = 0.0
     publish_cap: int | None = None
     rate_limit: float | None = None  # records/s; None: unlimited
+    # None: every version is published (the built-in default); else only changes that matter
+    confidence_step: float | None = None
     thresholds: Thresholds = Thresholds()
     atp: AtpFormula = AtpFormula()
     description: str = ""
@@ -284,12 +289,14 @@ def offer(
 
 # --- loading and validation -------------------------------------------------------------------
 
+DEFAULT_CONFIDENCE_STEP = 0.05  # a confidence change that matters to a channel
 _TOP_KEYS = frozenset({"channels", "groups"})
 _GROUP_KEYS = frozenset({"description", "location_types", "locations", "prefixes"})
 _CHANNEL_KEYS = frozenset(
     {
         "description", "location_types", "groups", "aggregates", "min_confidence",
         "buffer_units", "buffer_pct", "publish_cap", "rate_limit", "thresholds", "atp",
+        "confidence_step",
     }
 )  # fmt: skip
 _CHANNEL_REQUIRED = ("location_types", "min_confidence", "thresholds")
@@ -467,6 +474,9 @@ def _channel(r: _Reader, name: str, spec: object, groups: Mapping[str, LocationG
             None if "publish_cap" not in t else r.integer(t["publish_cap"], f"{key}.publish_cap")
         ),
         rate_limit=_rate_limit(r, t.get("rate_limit"), f"{key}.rate_limit"),
+        confidence_step=r.number(
+            t.get("confidence_step", DEFAULT_CONFIDENCE_STEP), f"{key}.confidence_step", 0.0, 1.0
+        ),
         thresholds=_thresholds(r, t["thresholds"], f"{key}.thresholds"),
         atp=_atp(r, t.get("atp", {"terms": list(DEFAULT_TERMS)}), f"{key}.atp"),
         description=r.string(t.get("description", ""), f"{key}.description"),

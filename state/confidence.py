@@ -220,11 +220,15 @@ def on_hand_belief(
 def silence_probability(velocity_per_day: float, days: float, evidence_units: float) -> float:
     """P(no sale in ``days`` | the stock is there): ``(1 + v t / n) ** -n`` with the velocity
     Gamma(n, n / v) (``exp(-v t)`` for ``n = inf``)."""
+    return math.exp(_log_silence(velocity_per_day, days, evidence_units))
+
+
+def _log_silence(velocity_per_day: float, days: float, evidence_units: float) -> float:
     expected = max(0.0, velocity_per_day) * max(0.0, days)
     if math.isinf(evidence_units):
-        return math.exp(-expected)
+        return -expected
     n = max(evidence_units, 1e-9)
-    return math.exp(-n * math.log1p(expected / n))
+    return -n * math.log1p(expected / n)
 
 
 def _open_time(velocity_per_day: float, days: float, evidence_units: float) -> float:
@@ -262,11 +266,13 @@ def phantom_probability(
     if rate_per_day <= 0.0 or since_last_sale_ms is None:
         return 0.0
     days = max(0, since_last_sale_ms) / DAY_MS
-    vanished = rate_per_day * _open_time(velocity_per_day, days, evidence_units)
-    there = silence_probability(velocity_per_day, days, evidence_units) * math.exp(
-        -rate_per_day * days
-    )
-    return min(1.0, vanished / (vanished + there))
+    open_time = _open_time(velocity_per_day, days, evidence_units)
+    if open_time <= 0.0:
+        return 0.0
+    # in logs: both terms underflow for a fast seller after a long silence
+    log_vanished = math.log(rate_per_day) + math.log(open_time)
+    log_there = _log_silence(velocity_per_day, days, evidence_units) - rate_per_day * days
+    return 1.0 / (1.0 + math.exp(min(700.0, log_there - log_vanished)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from invsync.settings import Settings
 from state.channel_policy import ChannelPolicy
 from streams import health, metrics, topics
+from streams.aggregates import register_aggregates
+from streams.channel_publisher import register_publishers
 from streams.codec import Codec, DecodeError
 from streams.consumer import PromptConsumer
 from streams.delivery import Outputs, Ticket
@@ -88,9 +90,6 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
                                                 topics.ERP_SNAPSHOTS))
     )  # fmt: skip
     reservation_events = raw_topic(topics.RESERVATIONS.full_name(settings))
-    availability = {
-        channel: topics.availability(channel).full_name(settings) for channel in settings.channels
-    }
     dead_letters = topics.DEAD_LETTERS.full_name(settings)
     # bytes in, bytes out (the "raw" codec): values are encoded by the folds with orjson
     positions = app.Table(
@@ -102,6 +101,9 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     )
     changelogs = frozenset(t.changelog_topic.get_topic_name() for t in (positions, reservations))
     outputs = Outputs(settings, changelogs)
+    # per channel, where the fold writes its records: availability.<channel>, or the changes topic
+    # of a policy channel's publisher (changes that matter, coalesced, rate-limited)
+    availability = register_publishers(app, settings, policy, codec, outputs)
     folder = BatchFolder(settings, codec, positions, outputs, availability, dead_letters, policy)
     holds = HoldFolder(settings, codec, reservations, outputs, dead_letters)
     stores = (folder.store, holds.store)
@@ -115,6 +117,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     app.agent(reservation_events, name="holds")(
         _batched(app, settings, outputs, stores, progress, holds.process)
     )
+    register_aggregates(app, settings, policy, codec, outputs, progress)  # network sums
 
     # Count discrepancies per location, kept 90 days in daily event-time windows (by counted_at,
     # not the record's timestamp). Values: count_id -> [discrepancy, units moved], so a count

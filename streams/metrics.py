@@ -82,6 +82,17 @@ POSITION_CONFIDENCE = Histogram(
     ["location_type"],
     buckets=(0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.99, 1.0),
 )
+CHANNEL_RECORDS = Counter(
+    "invsync_channel_records_total",
+    "Availability records of policy channels by outcome: published, or coalesced (superseded by "
+    "a newer record of the key, or not a change that matters to the channel).",
+    ["channel", "outcome"],
+)
+CHANNEL_WAITING = Gauge(
+    "invsync_channel_waiting_records",
+    "Records waiting for a channel's rate limit (one per key, latest wins).",
+    ["channel"],
+)
 ERP_SNAPSHOTS = Counter(
     "invsync_erp_snapshots_total",
     "ERP snapshots reconciled, by location type and outcome (in_agreement, drift).",

@@ -9,6 +9,9 @@ the same partition of every input topic when producers use the murmur2 partition
 aiokafka's default; confluent-kafka producers must set ``partitioner=murmur2_random``).
 Reservation events are keyed by ``reservation_id``; the reservations agent re-keys their effect
 on reserved units by sku|location onto ``invsync.reserved-deltas``, which the fold consumes.
+Network aggregates (:mod:`streams.aggregates`): availability records re-keyed by
+``channel|group|sku`` onto ``invsync.group-contributions``, summed per group onto the compacted
+``availability.<channel>.groups``, keyed ``group|sku``.
 """
 
 from __future__ import annotations
@@ -73,9 +76,35 @@ def availability(channel: str) -> TopicSpec:
     )
 
 
+GROUP_CONTRIBUTIONS = TopicSpec(
+    "invsync.group-contributions", "group_contribution", "channel|group|sku", "internal"
+)
+
+
+def group_availability(channel: str) -> TopicSpec:
+    """The compacted topic of one channel's network aggregates: the latest sum per group|sku
+    over the locations of each group in the channel's ``aggregates`` (streams/aggregates.py)."""
+    return TopicSpec(
+        f"availability.{channel}.groups", "group_availability", "group|sku", "output",
+        compacted=True,
+    )  # fmt: skip
+
+
+def channel_changes(channel: str) -> TopicSpec:
+    """Every new availability record of one policy channel, before its publisher decides what
+    reaches ``availability.<channel>`` (streams/channel_publisher.py)."""
+    return TopicSpec(
+        f"invsync.changes.{channel}", "availability_record", "sku|location", "internal"
+    )
+
+
 def all_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the deployment needs (table changelogs are created by the worker's app)."""
     outputs = [availability(channel) for channel in settings.channels]
+    outputs += [channel_changes(channel) for channel in settings.channels]
+    # aggregates: a groups topic for every channel, with aggregates in its policy or not, so the
+    # catalogue stays a function of the settings (the policy file is not read here)
+    outputs += [GROUP_CONTRIBUTIONS, *(group_availability(c) for c in settings.channels)]
     return [*INPUTS, RESERVED_DELTAS, *outputs, COUNT_DISCREPANCIES, ERP_STOCK_DELTAS, ERP_DRIFT,
             DEAD_LETTERS]  # fmt: skip
 

@@ -86,6 +86,7 @@ def read_all_with(
                 value = decode(msg.value())
                 value["_key"] = msg.key().decode() if msg.key() else None
                 value["_partition"], value["_offset"] = p, msg.offset()
+                value["_timestamp"] = msg.timestamp()[1]  # broker/producer time, millis
                 records.append(value)
                 if msg.offset() + 1 >= ends[p]:
                     todo.discard(p)

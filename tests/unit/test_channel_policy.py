@@ -97,6 +97,8 @@ def test_a_minimal_file_takes_the_defaults(tmp_path):
     web = load_policy(write(tmp_path, MINIMAL)).channel("web")
     assert web.atp.terms == {"on_hand", "reserved"}
     assert (web.buffer_units, web.buffer_pct, web.publish_cap, web.rate_limit) == (0, 0, None, None)
+    assert web.confidence_step == 0.05  # a file's channels publish changes that matter
+    assert default_channel("web").confidence_step is None  # the built-in: every version
     assert (web.thresholds.out, web.thresholds.low, web.groups) == (0, 2, None)
 
 
@@ -132,6 +134,7 @@ BAD_FILES = [
     (MINIMAL + "buffer_pct = 150\n", "channels.web.buffer_pct", "must be in [0, 100]"),
     (MINIMAL + "publish_cap = -5\n", "channels.web.publish_cap", "must be >= 0"),
     (MINIMAL + "rate_limit = 0\n", "channels.web.rate_limit", "must be > 0"),
+    (MINIMAL + "confidence_step = 1.5\n", "channels.web.confidence_step", "must be in [0, 1]"),
     (MINIMAL + "rate_limit = nan\n", "channels.web.rate_limit", "must be in"),
     (_bad("{ low = 2 }", "{ out = 3, low = 2 }"), "channels.web.thresholds", "out of order"),
     (_bad("{ low = 2 }", "{ out = 0 }"), "channels.web.thresholds.low", "missing"),
