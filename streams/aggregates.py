@@ -209,34 +209,18 @@ class ContributionRouter:
     ) -> tuple[tuple[str, str, str], Contribution] | None:
         message = event.message
         channel = self.channels_by_topic[message.topic]
-        try:
-            record = self.codec.decode(message.topic, message.value)
-            sku, location = str(record["sku"]), str(record["location"])
-            key = message.key.decode() if isinstance(message.key, bytes) else None
-            if key != topics.make_key(sku, location):
-                letters.append(
-                    _letter(event, "key_mismatch", f"key {key!r} is not {sku}|{location}")
-                )
-                return None
-            if record["channel"] != channel:
-                detail = f"record of channel {record['channel']!r} on {channel}'s topic"
-                letters.append(_letter(event, "channel_mismatch", detail))
-                return None
-            contribution = Contribution(
-                location,
-                int(record["offered"]),
-                float(record["confidence"]),
-                int(record["version"]),
-                int(record["as_of"]),
-            ).validate()
-        except DecodeError as exc:
-            letters.append(_letter(event, exc.reason, exc.detail))
+        parsed = _decoded(self.codec, event, letters)
+        if parsed is None:
             return None
-        except InvalidContribution as exc:
-            letters.append(_letter(event, exc.reason, str(exc)))
+        record, contribution = parsed
+        sku, location = str(record["sku"]), contribution.location
+        key = message.key.decode() if isinstance(message.key, bytes) else None
+        if key != topics.make_key(sku, location):
+            letters.append(_letter(event, "key_mismatch", f"key {key!r} is not {sku}|{location}"))
             return None
-        except (KeyError, TypeError, ValueError) as exc:  # a record of some other schema
-            letters.append(_letter(event, "invalid_record", f"{type(exc).__name__}: {exc}"))
+        if record["channel"] != channel:
+            detail = f"record of channel {record['channel']!r} on {channel}'s topic"
+            letters.append(_letter(event, "channel_mismatch", detail))
             return None
         return (channel, sku, location), contribution
 
@@ -323,25 +307,11 @@ class GroupFolder:
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> _Parsed | None:
         message = event.message
-        try:
-            record = self.codec.decode(message.topic, message.value)
-            channel, group, sku = str(record["channel"]), str(record["group"]), str(record["sku"])
-            contribution = Contribution(
-                str(record["location"]),
-                int(record["offered"]),
-                float(record["confidence"]),
-                int(record["version"]),
-                int(record["as_of"]),
-            ).validate()
-        except DecodeError as exc:
-            letters.append(_letter(event, exc.reason, exc.detail))
+        parsed = _decoded(self.codec, event, letters, "group")
+        if parsed is None:
             return None
-        except InvalidContribution as exc:
-            letters.append(_letter(event, exc.reason, str(exc)))
-            return None
-        except (KeyError, TypeError, ValueError) as exc:  # a record of some other schema
-            letters.append(_letter(event, "invalid_record", f"{type(exc).__name__}: {exc}"))
-            return None
+        record, contribution = parsed
+        channel, group, sku = str(record["channel"]), str(record["group"]), str(record["sku"])
         key = aggregate_key(channel, group, sku).encode()
         if message.key != key:
             letters.append(_letter(event, "key_mismatch", f"key {message.key!r} is not {key!r}"))
@@ -410,3 +380,33 @@ def _decode_entry(partition: int, value: bytes | None) -> _Entry:
         int(data["o"]),
         None if published is None else (int(published[0]), str(published[1]), float(published[2])),
     )
+
+
+def _decoded(
+    codec: Codec, event: EventT, letters: list[DeadLetter], *required: str
+) -> tuple[dict[str, Any], Contribution] | None:
+    """The record of ``event`` (an availability record or a contribution: both carry the
+    contribution's fields) and its contribution, or None after adding the dead letter that says
+    why not. ``required``: further fields that must be present."""
+    message = event.message
+    try:
+        record = codec.decode(message.topic, message.value)
+        for name in ("channel", "sku", *required):
+            str(record[name])
+        contribution = Contribution(
+            str(record["location"]),
+            int(record["offered"]),
+            float(record["confidence"]),
+            int(record["version"]),
+            int(record["as_of"]),
+        ).validate()
+    except DecodeError as exc:
+        letters.append(_letter(event, exc.reason, exc.detail))
+        return None
+    except InvalidContribution as exc:
+        letters.append(_letter(event, exc.reason, str(exc)))
+        return None
+    except (KeyError, TypeError, ValueError) as exc:  # a record of some other schema
+        letters.append(_letter(event, "invalid_record", f"{type(exc).__name__}: {exc}"))
+        return None
+    return record, contribution
