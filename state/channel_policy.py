@@ -43,6 +43,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -172,8 +173,15 @@ class Channel:
 
     def held_back(self, atp: int) -> int:
         """Buffer units for an ATP: absolute plus ``ceil(buffer_pct % of atp)`` (exact)."""
-        share = Fraction(repr(self.buffer_pct)) * max(0, atp) / 100
-        return self.buffer_units + math.ceil(share)
+        if not self.buffer_pct or atp <= 0:
+            return self.buffer_units
+        return self.buffer_units + math.ceil(_exact(self.buffer_pct) * atp / 100)
+
+
+@cache
+def _exact(number: float) -> Fraction:
+    """The decimal a policy file wrote (12.5 is 25/2, not the nearest binary float)."""
+    return Fraction(repr(number))
 
 
 @dataclass(frozen=True, slots=True)
