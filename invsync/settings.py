@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="event time a quiet input topic may trail the newest before it stops "
         "holding back the watermark",
     )
+    reservation_retain_ms: int = Field(
+        7 * 86_400_000,
+        ge=0,
+        description="event time an ended reservation stays in the table (duplicates and late "
+        "ends are recognised as such); after it, the reservation is forgotten",
+    )
     reservation_idle_s: float = Field(
         30.0,
         gt=0,

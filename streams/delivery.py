@@ -105,10 +105,10 @@ class Outputs:
         return Ticket(asyncio.get_running_loop(), self.changelogs)
 
     def produce(
-        self, ticket: Ticket, topic: str, key: bytes, value: bytes, partition: int = -1
+        self, ticket: Ticket, topic: str, key: bytes, value: bytes | None, partition: int = -1
     ) -> None:
         """Queue one record of ``ticket``'s batch; ``partition=-1`` partitions by key (murmur2,
-        as Kafka's Java clients and Faust do)."""
+        as Kafka's Java clients and Faust do); ``value=None`` is a tombstone."""
         self.producer.produce(topic, value, key, partition, on_delivery=ticket.on_delivery)
         ticket.sent += 1
 

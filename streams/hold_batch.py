@@ -18,12 +18,17 @@ deltas and dead letters on the batch's ticket; events are acked when the ticket 
 A redelivered event (offset at or below the one stored with its reservation) re-emits the
 reservation's deltas, in case the crash came before they were delivered.
 
-Limits: ended reservations stay in the table (forgetting them after a retention is not done
-yet); a partition's stream time after a restart is the newest start or end stored in it.
+Retention: an ended reservation stays in the table until the partition's stream time is
+``INVSYNC_RESERVATION_RETAIN_MS`` past its end and its expiry (:func:`state.reservations.forget`);
+then it is deleted, with a tombstone on the changelog, so the table holds the open holds and a
+week (by default) of ended ones. A duplicate or late end after that is an unknown reservation.
+
+Limits: a partition's stream time after a restart is the newest start or end stored in it.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ from state.reservations import (
     apply_reservation,
     deltas_of,
     expire_due,
+    forget,
     from_primitive,
     rebuild_index,
     reservation_from_record,
@@ -68,6 +74,20 @@ class _PartitionClock:
     index: ExpiryIndex
     stream_time: int
     last_event_wall: float = field(default_factory=time.monotonic)
+    ended: list[tuple[int, str]] = field(default_factory=list)  # heap: (forget at, id)
+
+    def ended_one(self, reservation: Reservation, retain_ms: int) -> None:
+        """Remember when ``reservation`` (ended) may be forgotten."""
+        if reservation.ended_at is not None:
+            at = max(reservation.ended_at, reservation.expires_at) + retain_ms
+            heapq.heappush(self.ended, (at, reservation.reservation_id))
+
+    def pop_forgettable(self) -> list[str]:
+        """Ids whose retention stream time has passed (candidates: the table decides)."""
+        due = []
+        while self.ended and self.ended[0][0] <= self.stream_time:
+            due.append(heapq.heappop(self.ended)[1])
+        return due
 
 
 class HoldFolder:
@@ -101,6 +121,8 @@ class HoldFolder:
             stored = [_decode_value(v).reservation for _, v in self.store.items(partition)]
             newest = max((r.ended_at or r.created_at for r in stored), default=NEVER)
             clock = self.partitions[partition] = _PartitionClock(rebuild_index(stored), newest)
+            for reservation in stored:
+                clock.ended_one(reservation, self.settings.reservation_retain_ms)
         return clock
 
     def process(self, events: Sequence[EventT], ticket: Ticket) -> list[EventT]:
@@ -186,6 +208,7 @@ class HoldFolder:
         if step.state is not None:
             loaded[key] = (partition, _Stored(step.state, message.offset, dirty=True))
             clock.index.track(step.state)
+            clock.ended_one(step.state, self.settings.reservation_retain_ms)
         if step.delta is not None:
             self._emit(step.delta, ticket)
             if step.state is not None and step.state.ended_at is not None:
@@ -208,8 +231,33 @@ class HoldFolder:
             assert step.state is not None and step.delta is not None
             key = step.state.reservation_id.encode()
             loaded[key] = (partition, _Stored(step.state, loaded[key][1].offset, dirty=True))
+            clock.ended_one(step.state, self.settings.reservation_retain_ms)
             self._emit(step.delta, ticket)
             _observe_age(step.state)
+        self._forget(partition, loaded, ticket)
+
+    def _forget(
+        self, partition: int, loaded: dict[bytes, tuple[int, _Stored]], ticket: Ticket
+    ) -> None:
+        """Delete the ended reservations of ``partition`` whose retention has passed."""
+        clock = self._clock(partition)
+        due = [rid.encode() for rid in clock.pop_forgettable()]
+        missing = [key for key in due if key not in loaded]
+        for key, value in zip(missing, self.store.get_many(partition, missing), strict=True):
+            if value is not None:
+                loaded[key] = (partition, _decode_value(value))
+        retain_ms = self.settings.reservation_retain_ms
+        gone = [
+            key
+            for key in due
+            if key in loaded and forget(loaded[key][1].reservation, clock.stream_time, retain_ms)
+        ]
+        if gone:
+            for key in gone:
+                del loaded[key]  # not written back by _write
+            self.store.delete_many(partition, gone)
+            for key in gone:  # tombstones: a restore from the changelog forgets them too
+                self.outputs.produce(ticket, self.store.changelog, key, None, partition)
 
     def _emit(self, delta: ReservedDelta, ticket: Ticket) -> None:
         record = {

@@ -61,6 +61,21 @@ class PartitionStore:
         else:
             raise TypeError(f"unsupported table store {type(store).__name__}")
 
+    def delete_many(self, partition: int, keys: Sequence[bytes]) -> None:
+        """Remove ``keys`` from one partition's store (the caller produces the tombstones)."""
+        store = self._store
+        if isinstance(store, rocksdb.Store):
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key in keys:
+                batch.delete(key)
+            store._db_for_partition(partition).write(batch)
+        elif isinstance(store, memory.Store):
+            for key in keys:
+                store.data.pop(key, None)
+                store._key_partition.pop(key, None)
+        else:
+            raise TypeError(f"unsupported table store {type(store).__name__}")
+
     def items(self, partition: int) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of one partition (for rebuilding an in-memory index)."""
         store = self._store

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from streams import topics
+from streams.query_api import key_partition
 from tests.integration.conftest import Deployment
-from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all
+from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all, read_all_with
 from tests.integration.test_worker_e2e import MINUTE, T0, Mismatch, count, sale
 
 DAY = 24 * 60 * MINUTE
@@ -64,3 +65,33 @@ def test_holds_reserve_units_until_they_end_and_nothing_leaks(deployment: Deploy
     letters = read_all(deployment.settings, topics.DEAD_LETTERS.full_name(deployment.settings))
     assert [d["reason"] for d in letters] == ["unknown_reservation"]
     assert letters[0]["source_topic"] == topics.RESERVATIONS.full_name(deployment.settings)
+
+
+def test_ended_reservations_are_forgotten_after_the_retention(deployment: Deployment) -> None:
+    """An ended hold leaves the table (a tombstone on its changelog) once stream time is the
+    retention past its end and expiry; an open one stays, and the reserved units are right."""
+    deployment.env["INVSYNC_RESERVATION_RETAIN_MS"] = str(60 * MINUTE)
+    # ids on one partition, so one stream time passes them all (keys are reservation ids)
+    partitions = deployment.settings.partitions
+    ids = [f"H{i}" for i in range(200)]
+    same = [i for i in ids if key_partition(i.encode(), partitions) == 0][:3]
+    old, keep, later = same
+    holds = [
+        reservation(1, old, "created", "SKU1", "S1", T0, 2, T0 + 10 * MINUTE),
+        reservation(2, old, "released", "SKU1", "S1", T0 + MINUTE),
+        reservation(3, keep, "created", "SKU1", "S1", T0 + MINUTE, 1, T0 + 3 * DAY),
+        # stream time moves two hours on: the ended hold's retention (end/expiry + 1 h) passes
+        reservation(4, later, "created", "SKU2", "S1", T0 + 2 * 60 * MINUTE, 1, T0 + 3 * DAY),
+    ]
+    produce(deployment.settings, [count(1, "SKU1", "S1", T0, 10), *holds])
+    deployment.start_worker()
+    changelog = f"{deployment.settings.app_id}-reservations-changelog"
+
+    def forgotten() -> Any:
+        records = read_all_with(deployment.settings, changelog, lambda data: {"v": data})
+        latest = {r["_key"]: r["v"] for r in records}
+        if old in latest and latest[old] is None and latest.get(keep) is not None:
+            return True
+        return Mismatch(latest={k: v is not None for k, v in latest.items()})
+
+    poll_until(forgotten, 120, "the ended hold to be forgotten, the open ones kept")
