@@ -50,6 +50,7 @@ from state.events import (
     sale_from_record,
     snapshot_from_record,
 )
+from state.netting import OpenWindow
 from state.position import (
     NEVER,
     Drift,
@@ -121,8 +122,9 @@ class BatchFolder:
         self.erp_deltas = topics.ERP_STOCK_DELTAS.full_name(settings)
         self.erp_drift = topics.ERP_DRIFT.full_name(settings)
         # per partition: key -> end of its open ERP netting window (this generation's partitions)
+        # per partition: key -> the horizon at which it needs advancing (_due_at)
         self.open_windows: dict[int, dict[bytes, int]] = {}
-        self.next_due: dict[int, int] = {}  # per partition: no window ends before this
+        self.next_due: dict[int, int] = {}  # per partition: no key is due before this
         self.windows_generation: int | None = None
         self.parsers: dict[str, Parser] = {
             topics.POS_SALES.full_name(settings): sale_from_record,
@@ -230,18 +232,21 @@ class BatchFolder:
             entry.position.netting.deltas.clear()
 
     def _close_due_windows(self, partitions: set[int], touched: dict[bytes, _Touched]) -> None:
-        """Advance every position of ``partitions`` whose ERP netting window the partition's
-        watermark has passed (by the lateness bound), so a key that went quiet still gets its
-        last window delivered; the deltas are queued by :meth:`_write_and_publish`."""
+        """Advance every position of ``partitions`` that the partition's horizon (watermark -
+        lateness) has passed something of: the end of its open ERP netting window, or its
+        earliest pending event. So a key that went quiet, or whose last events were fetched
+        before the others of its partition, still settles its events and counts, gets its
+        windows delivered and its snapshots reconciled; :meth:`_write_and_publish` queues the
+        records."""
         lateness_ms = self.settings.lateness_ms
         for partition in partitions:
             watermark = self.clock.watermark(partition)
             horizon = watermark - lateness_ms
             index = self._windows_of(partition)
             if horizon < self.next_due.get(partition, NEVER):
-                continue  # no window can be due: skip the scan (the common case)
+                continue  # no key can be due: skip the scan (the common case)
             due = [key for key, end in index.items() if end <= horizon]
-            # swept keys that open a new window lower this again in _index_window
+            # swept keys that are due again later lower this in _index_window
             self.next_due[partition] = min(
                 (end for end in index.values() if end > horizon), default=MAX_TIME
             )
@@ -254,7 +259,8 @@ class BatchFolder:
                 position.advance(watermark, lateness_ms=lateness_ms)
 
     def _windows_of(self, partition: int) -> dict[bytes, int]:
-        """The open-window index of ``partition``, rebuilt from its store once per generation."""
+        """The due index of ``partition`` (key -> horizon at which it needs advancing), rebuilt
+        from its store once per consumer generation."""
         generation = self.table.app.consumer_generation_id
         if generation != self.windows_generation:
             self.open_windows, self.windows_generation = {}, generation
@@ -266,20 +272,23 @@ class BatchFolder:
             for key, value in self.store.items(partition):
                 if key == MARK_KEY:
                     continue
-                netting = from_primitive(orjson.loads(value)["p"]).netting
-                if netting is not None:
-                    index[key] = netting.start + window_ms
+                position = from_primitive(orjson.loads(value)["p"])
+                first = position.pending[0].effective_at if position.pending else None
+                due = _due_at(position.netting, first, window_ms)
+                if due is not None:
+                    index[key] = due
         return index
 
     def _index_window(self, partition: int, key: bytes, position: OpenPosition) -> None:
         index = self._windows_of(partition)
-        netting = position.netting.open
-        if netting is None:
+        first = position.pending[0].effective_at if position.pending else None
+        due = _due_at(position.netting.open, first, self.settings.erp_window_ms)
+        if due is None:
             index.pop(key, None)
         else:
-            end = index[key] = netting.start + self.settings.erp_window_ms
-            if end < self.next_due.get(partition, NEVER):
-                self.next_due[partition] = end
+            index[key] = due
+            if due < self.next_due.get(partition, NEVER):
+                self.next_due[partition] = due
 
     def _decode(self, event: EventT, letters: list[DeadLetter]) -> StockEvent | None:
         """The event as the domain sees it, or None after adding its dead letter."""
@@ -402,6 +411,17 @@ class BatchFolder:
         else:
             suspects.discard(key)
         metrics.PHANTOM_SUSPECTS.labels(kind).set(len(suspects))
+
+
+def _due_at(window: OpenWindow | None, first_pending: int | None, window_ms: int) -> int | None:
+    """The horizon at which a position needs advancing (None: never): when it reaches its open
+    netting window's end (the window closes), or passes its earliest pending event (it settles)."""
+    due = []
+    if window is not None:
+        due.append(window.start + window_ms)
+    if first_pending is not None:
+        due.append(first_pending + 1)
+    return min(due, default=None)
 
 
 def owned(app: Any, events: Sequence[EventT]) -> list[EventT]:

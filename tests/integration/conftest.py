@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,22 @@ def deployment(local_stack: None, tmp_path: Path) -> Iterator[Deployment]:
         dep.stop_worker(proc)
     if any(p.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL) for p in dep.workers):
         print(dep.logs())
+
+
+@pytest.fixture
+def erp(tmp_path: Path) -> Iterator[Any]:
+    """The ERP simulator as its own process (``tests.integration.test_erp_delivery.ErpSim``,
+    started by the test); killed if SIGTERM does not stop it."""
+    from tests.integration.test_erp_delivery import ErpSim
+
+    sim = ErpSim(free_port(), tmp_path / "erp.sqlite", tmp_path / "worker-erp-simulator.log")
+    try:
+        yield sim
+    finally:
+        proc = sim.proc
+        try:
+            sim.stop()
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

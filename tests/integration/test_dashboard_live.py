@@ -23,8 +23,6 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -57,22 +55,6 @@ def _get(url: str) -> tuple[int, dict[str, str]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-@pytest.fixture
-def erp_sim(tmp_path: Path) -> Iterator[ErpSim]:
-    """The ERP simulator as its own process; killed if SIGTERM does not stop it."""
-    sim = ErpSim(free_port(), tmp_path / "erp.sqlite", tmp_path / "worker-erp-simulator.log")
-    try:
-        yield sim
-    finally:
-        proc = sim.proc
-        try:
-            sim.stop()
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def start_redis_sink(dep: Deployment) -> tuple[subprocess.Popen[bytes], int]:
@@ -113,14 +95,12 @@ def _steady_load(dep: Deployment, stop: threading.Event) -> None:
         stop.wait(0.2)
 
 
-def test_every_panel_has_data_and_the_probes_answer(
-    erp_sim: ErpSim, deployment: Deployment
-) -> None:
+def test_every_panel_has_data_and_the_probes_answer(erp: ErpSim, deployment: Deployment) -> None:
     deployment.env.update(FAST_EVENT_TIME)
-    erp_sim.start()
+    erp.start()
     worker = deployment.start_worker()
     redis_sink, redis_port = start_redis_sink(deployment)
-    dispatcher, erp_port = start_dispatcher(deployment, erp_sim, "erp-dispatcher")
+    dispatcher, erp_port = start_dispatcher(deployment, erp, "erp-dispatcher")
     processes = {"worker": worker, "redis sink": redis_sink, "ERP dispatcher": dispatcher}
     read_model = RedisReadModel.from_settings(deployment.settings)  # the deployment's key prefix
     base = f"http://127.0.0.1:{deployment.web_ports['w1']}"
@@ -152,7 +132,7 @@ def test_every_panel_has_data_and_the_probes_answer(
         poll_until(
             lambda: running(
                 _sample(erp_metrics, "invsync_erp_deltas_accepted_total")
-                and erp_sim.state()["accepted"]
+                and erp.state()["accepted"]
             ),
             60,
             "the ERP to accept stock deltas",

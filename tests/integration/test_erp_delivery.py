@@ -14,13 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streams import topics
@@ -82,13 +80,6 @@ class ErpSim:
     def post(self, delta: dict[str, Any]) -> httpx.Response:
         headers = {"Idempotency-Key": delta["delta_id"]}
         return httpx.post(f"{self.base}/v1/stock-deltas", json=delta, headers=headers, timeout=5)
-
-
-@pytest.fixture
-def erp(tmp_path: Path) -> Iterator[ErpSim]:
-    sim = ErpSim(free_port(), tmp_path / "erp.sqlite", tmp_path / "worker-erp-simulator.log")
-    yield sim
-    sim.stop()
 
 
 def start_dispatcher(

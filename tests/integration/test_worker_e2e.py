@@ -381,3 +381,33 @@ def test_erp_snapshots_report_drift_as_of_their_time_and_never_overwrite(deploym
 
     poll_until(reported, 120, "both snapshots to settle and report their drift")
     assert_availability_reaches_reference(deployment, items)  # on hand untouched by the ERP
+
+
+def test_windows_close_when_a_keys_later_events_are_fetched_before_the_rest(deployment):
+    """Each key's last event (a day later) is produced with the workload, so it may be folded
+    while the partition's other topics still hold time back: the key gets no later event, yet
+    its windows must close once the partition's watermark passes them (the due-key sweep)."""
+    items = workload(seed=8, n=600)
+    keys = sorted({key for _, key, _ in items})
+    later = T0 + 600 * 1000 + 24 * 60 * MINUTE
+    closing = [
+        movement(100_000 + i, *topics.split_key(key), later, "RECEIPT", 1)
+        for i, key in enumerate(keys)
+    ]
+    produce(deployment.settings, items + closing)
+    deployment.start_worker("w1")
+    # the closing receipts' own window stays open: nothing comes after them
+    expected = {k: on_hand for k, (on_hand, _) in reference_positions(as_events(items)).items()}
+    erp_topic = topics.ERP_STOCK_DELTAS.full_name(deployment.settings)
+
+    def netted() -> Any:
+        got: dict[str, int] = {}
+        for delta in read_all(deployment.settings, erp_topic):
+            key = topics.make_key(delta["sku"], delta["location"])
+            got[key] = got.get(key, 0) + delta["net_quantity"]
+        wrong = {k: (v, got.get(k)) for k, v in expected.items() if got.get(k) != v}
+        return (
+            True if not wrong else Mismatch(keys_wrong=len(wrong), sample=list(wrong.items())[:3])
+        )
+
+    poll_until(netted, 120, "every window before the receipts delivered")
