@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from invsync.settings import Settings
 from streams.codec import Codec
@@ -67,10 +67,7 @@ def read_all_with(
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {}
-        for p in partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            ends[p] = high
+        ends = {p: _end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
         todo = {p for p, high in ends.items() if high > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in todo])
         records: list[dict[str, Any]] = []
@@ -94,6 +91,32 @@ def read_all_with(
         return records
     finally:
         consumer.close()
+
+
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
+def _end_offset(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30) -> int:
+    """The partition's end offset; retried while the broker answers with a retriable error (a
+    leader being elected for a topic just created, or moving while the broker is busy)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+        except KafkaException as exc:
+            error = exc.args[0]
+            transient = error.retriable() or error.code() in _TRANSIENT
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def latest_by_key(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
