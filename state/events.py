@@ -170,18 +170,26 @@ def reserved_delta_from_record(record: dict[str, Any]) -> StockEvent:
     )
 
 
-def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> StockEvent:
-    """A cycle count as of ``counted_at``. A negative count, or one dated more than ``skew_ms``
-    after it was reported (``occurred_at``), is invalid."""
-    counted = record.get("counted_quantity")
-    if not isinstance(counted, int) or counted < 0:
-        raise InvalidEvent("invalid_quantity", f"counted_quantity must be >= 0: {counted!r}")
-    counted_at = millis_field(record.get("counted_at"), "counted_at")
+def _as_of(
+    record: dict[str, Any], quantity_field: str, time_field: str, future: str, skew_ms: int
+) -> tuple[int, int]:
+    """(units >= 0, as-of time) of an as-of snapshot (a count, an ERP snapshot): a negative
+    quantity, or an as-of time more than ``skew_ms`` after it was reported (``occurred_at``), is
+    invalid (reasons ``invalid_quantity`` and ``future``)."""
+    units = record.get(quantity_field)
+    if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+        raise InvalidEvent("invalid_quantity", f"{quantity_field} must be >= 0: {units!r}")
+    as_of = millis_field(record.get(time_field), time_field)
     reported_at = millis_field(record.get("occurred_at"), "occurred_at")
-    if counted_at > reported_at + skew_ms:
-        raise InvalidEvent(
-            "future_count", f"counted_at {counted_at} is after occurred_at {reported_at} + skew"
-        )
+    if as_of > reported_at + skew_ms:
+        detail = f"{time_field} {as_of} is after occurred_at {reported_at} + skew"
+        raise InvalidEvent(future, detail)
+    return units, as_of
+
+
+def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> StockEvent:
+    """A cycle count as of ``counted_at`` (see :func:`_as_of` for what is invalid)."""
+    counted, counted_at = _as_of(record, "counted_quantity", "counted_at", "future_count", skew_ms)
     return StockEvent(
         **_common(record),
         kind=Kind.COUNT,
@@ -192,15 +200,6 @@ def count_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> Stoc
 
 
 def snapshot_from_record(record: dict[str, Any], *, skew_ms: int = 300_000) -> StockEvent:
-    """An ERP snapshot: on hand as of ``as_of``. A negative on hand, or one dated more than
-    ``skew_ms`` after it was reported (``occurred_at``), is invalid."""
-    on_hand = record.get("on_hand")
-    if not isinstance(on_hand, int) or isinstance(on_hand, bool) or on_hand < 0:
-        raise InvalidEvent("invalid_quantity", f"snapshot on_hand must be >= 0: {on_hand!r}")
-    as_of = millis_field(record.get("as_of"), "as_of")
-    reported_at = millis_field(record.get("occurred_at"), "occurred_at")
-    if as_of > reported_at + skew_ms:
-        raise InvalidEvent(
-            "future_snapshot", f"as_of {as_of} is after occurred_at {reported_at} + skew"
-        )
+    """An ERP snapshot: on hand as of ``as_of`` (see :func:`_as_of` for what is invalid)."""
+    on_hand, as_of = _as_of(record, "on_hand", "as_of", "future_snapshot", skew_ms)
     return StockEvent(**_common(record), kind=Kind.SNAPSHOT, effective_at=as_of, quantity=on_hand)
