@@ -6,16 +6,19 @@
    value with fastavro exactly as the worker does (``Codec.decode``: writer schema from the
    registry, parsed once) and folds on-hand into a dict. Events/s from the first record
    consumed to the last.
-3. **invsync**: a real worker process (RocksDB store, changelog, availability output) folds the
+3. **Faust floor** (:mod:`bench.faust_floor`): a bare Faust agent with the worker's Faust
+   settings, consumer and batching that only acks, reading the same events in its own group.
+   Any fold written as a Faust agent is bounded by it; ``floor_ratio`` = invsync / floor.
+4. **invsync**: a real worker process (RocksDB store, changelog, availability output) folds the
    same events. Events/s from the first availability record produced to the last (broker
    timestamps), once the group's committed offsets reach the end of the inputs.
-4. **Latency**: sales produced at half of the measured invsync rate, stamped with the wall clock;
+5. **Latency**: sales produced at half of the measured invsync rate, stamped with the wall clock;
    event-to-publish latency = availability record timestamp - the sale's ``occurred_at``.
 
-With ``--compare-metrics`` (``make bench BENCH_METRICS=compare``), between 2. and 3.: **invsync
+With ``--compare-metrics`` (``make bench BENCH_METRICS=compare``), between 3. and 4.: **invsync
 without metrics**: the same number of workers with ``INVSYNC_METRICS_ENABLED=false`` (their own
-consumer group, changelog and state) fold the same N events, measured as in 3., and stop before
-3. starts; 3. then counts only availability records from its own start. ``metrics_overhead`` =
+consumer group, changelog and state) fold the same N events, measured as in 4., and stop before
+4. starts; 4. then counts only availability records from its own start. ``metrics_overhead`` =
 1 - invsync eps / invsync eps without metrics: the share of fold throughput the worker's
 Prometheus instrumentation costs. Both fold exactly the workload: the latency phase's sales
 (stamped with the wall clock, months after the workload's event times, so they settle every
@@ -145,6 +148,27 @@ def baseline(settings: Settings, n: int) -> float:
     if seen < n:
         raise RuntimeError(f"baseline read {seen} of {n} events")
     return n / (last - first)
+
+
+def faust_floor(settings: Settings, env: dict[str, str], n: int, tmp: str) -> float:
+    """Events/s of :mod:`bench.faust_floor` (a bare acking Faust agent) reading the n events in
+    its own consumer group."""
+    app_id = f"{settings.app_id}-floor"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.faust_floor", "--events", str(n)],
+        cwd=ROOT,
+        env=os.environ | env | {"INVSYNC_APP_ID": app_id, "INVSYNC_STATE_DIR": f"{tmp}/floor"},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    # Faust's worker logs what its app prints: the JSON line comes with a log prefix
+    lines = (done.stdout + done.stderr).splitlines()
+    found = [line[line.index('{"events"') :] for line in lines if '{"events"' in line]
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"the Faust floor failed ({done.returncode}): {done.stderr[-2000:]}")
+    return float(orjson.loads(found[-1])["eps"])
 
 
 def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -373,6 +397,9 @@ def main() -> None:
     baseline_eps = baseline(settings, args.events)
     print(f"  {baseline_eps:,.0f} events/s")
     with tempfile.TemporaryDirectory() as tmp:
+        print("Faust floor: a bare agent with the worker's consumer that only acks ...")
+        floor_eps = faust_floor(settings, env, args.events, tmp)
+        print(f"  {floor_eps:,.0f} events/s")
         RESULTS.mkdir(parents=True, exist_ok=True)
         since_ms = 0
         if args.compare_metrics:
@@ -411,6 +438,8 @@ def main() -> None:
         "baseline_eps": round(baseline_eps),
         "invsync_eps": round(invsync_eps),
         "ratio": round(invsync_eps / baseline_eps, 3),
+        "faust_floor_eps": round(floor_eps),
+        "floor_ratio": round(invsync_eps / floor_eps, 3),
         "latency_load_eps": round(rate),
         "p50_ms": round(_pct(lat, 50), 1),
         "p99_ms": round(_pct(lat, 99), 1),
@@ -430,12 +459,13 @@ def main() -> None:
     (RESULTS / "latest.json").write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print()
     header = (
-        f"{'events':>10} {'baseline eps':>13} {'invsync eps':>12} {'ratio':>6} "
-        f"{'p50 ms':>7} {'p99 ms':>7}"
+        f"{'events':>10} {'baseline eps':>13} {'Faust floor eps':>16} {'invsync eps':>12} "
+        f"{'ratio':>6} {'floor ratio':>12} {'p50 ms':>7} {'p99 ms':>7}"
     )
     row = (
-        f"{result['events']:>10,} {result['baseline_eps']:>13,} {result['invsync_eps']:>12,} "
-        f"{result['ratio']:>6} {result['p50_ms']:>7} {result['p99_ms']:>7}"
+        f"{result['events']:>10,} {result['baseline_eps']:>13,} {result['faust_floor_eps']:>16,} "
+        f"{result['invsync_eps']:>12,} {result['ratio']:>6} {result['floor_ratio']:>12} "
+        f"{result['p50_ms']:>7} {result['p99_ms']:>7}"
     )
     if args.compare_metrics:
         header += f" {'eps no metrics':>15} {'metrics overhead':>17}"

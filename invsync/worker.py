@@ -17,6 +17,10 @@ from streams import topics
 from streams.admin import check_topics, wait_for_cluster
 from streams.codec import Codec
 
+# The fold allocates many short-lived objects per batch: collect the young generation less
+# often (measured: ~15% more events/s on `make bench`, fewer full collections).
+GC_THRESHOLDS = (50_000, 20, 20)
+
 log = logging.getLogger("invsync.worker")
 
 
@@ -70,9 +74,7 @@ def run(settings: Settings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     codec, policy = preflight(settings)
-    # The fold allocates many short-lived objects per batch: collect the young generation less
-    # often (measured: ~15% more events/s on `make bench`, fewer full collections).
-    gc.set_threshold(50_000, 20, 20)
+    gc.set_threshold(*GC_THRESHOLDS)
     if fast_paths()["uvloop"]:
         mode.loop.use("uvloop")
     from streams.app import create_app

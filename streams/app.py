@@ -50,28 +50,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     with its agents registered (not started)."""
     if not settings.metrics_enabled:
         metrics.disable()  # only to measure what the metrics cost (bench --compare-metrics)
-    app = faust.App(
-        settings.app_id,
-        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
-        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
-        datadir=str(settings.state_dir),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,  # the table's changelog; inputs/outputs exist already
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_linger_ms=5,
-        producer_max_batch_size=512 * 1024,
-        producer_max_request_size=4 * 1024 * 1024,
-        stream_buffer_maxsize=max(4096, settings.batch_max * 2),
-        broker_max_poll_records=max(500, settings.batch_max),
-        consumer_max_fetch_size=8 * 1024 * 1024,
-        web_port=settings.web_port,
-        web_bind="0.0.0.0",
-        web_in_thread=False,
-        table_standby_replicas=settings.standby_replicas,
-    )
+    app = faust.App(settings.app_id, **app_config(settings))
     app.transport.Consumer = PromptConsumer  # type: ignore[misc]  # see streams/consumer.py
     codec = codec or Codec(settings, millis_timestamps=True)
 
@@ -178,6 +157,32 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app
+
+
+def app_config(settings: Settings) -> dict[str, Any]:
+    """Faust's settings for the worker (and for ``bench.faust_floor``, which measures what a
+    bare agent with the same consumer costs): broker, store, buffers, producer and web."""
+    return {
+        "broker": [f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        "store": "rocksdb://" if settings.store == "rocksdb" else "memory://",
+        "datadir": str(settings.state_dir),
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": True,  # the table's changelog; inputs/outputs exist already
+        "topic_disable_leader": True,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "producer_linger_ms": 5,
+        "producer_max_batch_size": 512 * 1024,
+        "producer_max_request_size": 4 * 1024 * 1024,
+        "stream_buffer_maxsize": max(4096, settings.batch_max * 2),
+        "broker_max_poll_records": max(500, settings.batch_max),
+        "consumer_max_fetch_size": 8 * 1024 * 1024,
+        "web_port": settings.web_port,
+        "web_bind": "0.0.0.0",
+        "web_in_thread": False,
+        "table_standby_replicas": settings.standby_replicas,
+    }
 
 
 Process = Callable[[list[EventT], Ticket], list[EventT]]

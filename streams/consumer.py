@@ -39,7 +39,8 @@ from streams.offset_guard import OffsetGuard
 log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 100
-STUCK_AFTER_S = 15.0  # a frontier this long behind existing records is repaired
+STUCK_AFTER_S = 15.0  # a frontier this long behind records that went through is repaired
+IDLE_STUCK_AFTER_S = 90.0  # ... and this long behind records that did not (yet)
 REPAIR_EVERY_S = 5.0
 
 
@@ -67,6 +68,7 @@ class PromptConsumer(faust_aiokafka.Consumer):
             if message.acked:
                 return False
             message.acked = True
+            self.offset_guard.passed(message.tp, message.offset)
             self._unacked_messages.discard(message)
             if self.app.topics.acks_enabled_for(message.topic):
                 self._n_acked += 1
@@ -106,7 +108,9 @@ class PromptConsumer(faust_aiokafka.Consumer):
         async for _ in self.itertimer(REPAIR_EVERY_S, name="repair_stuck_partitions"):
             if self.app.rebalancing or not self.app.flow_control.is_active():
                 continue
-            for tp in self.offset_guard.stuck(self._known_highwater, STUCK_AFTER_S):
+            for tp in self.offset_guard.stuck(
+                self._known_highwater, STUCK_AFTER_S, IDLE_STUCK_AFTER_S
+            ):
                 await self._repair(tp)
 
     def _known_highwater(self, tp: TP) -> int | None:

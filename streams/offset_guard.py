@@ -20,11 +20,14 @@ lowest offset of the partition not yet folded. It starts at the committed offset
 seeked to, and moves only over folded offsets and over offsets the broker says hold no record
 (a transaction marker, a compacted record, the log before its start after retention).
 
-A frontier that stops moving while the partition has records past it means a record was lost
-in Faust's pipeline (or is not a record at all). :meth:`OffsetGuard.stuck` names such
-partitions; the consumer then asks the broker for the first record at or after the frontier
-and either skips the non-records or seeks the partition back to refetch (see
-:mod:`streams.consumer`).
+A frontier that stops moving while records past it went through the pipeline (folded, or acked
+by Faust without reaching an agent) means a record was lost in Faust's pipeline (or is not a
+record at all). :meth:`OffsetGuard.stuck` names such partitions, and, after a longer wait, any
+partition whose frontier stays behind existing records (a loss that left no later trace). A
+partition whose records merely wait their turn behind a backlog in Faust's buffers is not named
+early (refetching would only fetch the same records again). For a named partition the consumer
+asks the broker for the first record at or after the frontier and either skips the non-records
+or seeks the partition back to refetch (see :mod:`streams.consumer`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class _Partition:
     frontier: int | None = None  # None until the consumer seeked the partition
     folded: set[int] = field(default_factory=set)  # folded offsets at or past the frontier
     moved_at: float = 0.0  # when the frontier last moved (monotonic clock)
+    passed: int = -1  # the highest offset folded, or acked without being folded (dropped)
 
 
 class OffsetGuard:
@@ -53,9 +57,18 @@ class OffsetGuard:
     def on_folded(self, tp: TP, offset: int) -> None:
         """``offset`` of ``tp`` was folded and its outputs acknowledged."""
         part = self._partitions.setdefault(tp, _Partition(moved_at=self._clock()))
+        if offset > part.passed:
+            part.passed = offset
         if part.frontier is None or offset >= part.frontier:
             part.folded.add(offset)
             self._advance(part)
+
+    def passed(self, tp: TP, offset: int) -> None:
+        """``offset`` of ``tp`` went through Faust's pipeline (the consumer acked it: folded, or
+        dropped by Faust on the way to the agent)."""
+        part = self._partitions.get(tp)
+        if part is not None and offset > part.passed:
+            part.passed = offset
 
     def start(self, tp: TP, offset: int) -> None:
         """The consumer (re)started ``tp`` at ``offset`` (its committed offset):
@@ -88,13 +101,19 @@ class OffsetGuard:
     def partitions(self) -> list[TP]:
         return [tp for tp, part in self._partitions.items() if part.frontier is not None]
 
-    def stuck(self, highwater: Callable[[TP], int | None], after_s: float) -> list[TP]:
-        """Partitions whose frontier has not moved for ``after_s`` although the log has records
-        at or past it (``highwater``: the partition's end offset, None if unknown)."""
+    def stuck(
+        self, highwater: Callable[[TP], int | None], after_s: float, idle_after_s: float
+    ) -> list[TP]:
+        """Partitions whose frontier has not moved although the log has records at or past it
+        (``highwater``: the partition's end offset, None if unknown): for ``after_s`` while a
+        record at or past the frontier went through the pipeline, or for ``idle_after_s``."""
         now = self._clock()
         found = []
         for tp, part in self._partitions.items():
-            if part.frontier is None or now - part.moved_at < after_s:
+            if part.frontier is None:
+                continue
+            waited = now - part.moved_at
+            if waited < (after_s if part.passed >= part.frontier else idle_after_s):
                 continue
             end = highwater(tp)
             if end is not None and end > part.frontier:

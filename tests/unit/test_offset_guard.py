@@ -66,11 +66,11 @@ def test_stuck_partitions_are_those_behind_existing_records_for_long() -> None:
     other = TP("pos.sales", 1)
     guard.start(other, 3)  # caught up: the log ends at 3
     ends = {TP0: 8, other: 3}
-    assert guard.stuck(ends.get, after_s=15) == []
+    assert guard.stuck(ends.get, after_s=15, idle_after_s=90) == []
     clock.now = 20
-    assert guard.stuck(ends.get, after_s=15) == [TP0]
+    assert guard.stuck(ends.get, after_s=15, idle_after_s=90) == [TP0]
     guard.waited(TP0)
-    assert guard.stuck(ends.get, after_s=15) == []
+    assert guard.stuck(ends.get, after_s=15, idle_after_s=90) == []
 
 
 def test_skipping_non_records_moves_over_folded_offsets_beyond_them() -> None:
@@ -82,3 +82,21 @@ def test_skipping_non_records_moves_over_folded_offsets_beyond_them() -> None:
     assert guard.frontier(TP0) == 9
     guard.skip_to(TP0, 3)  # never backwards
     assert guard.frontier(TP0) == 9
+
+
+def test_records_waiting_behind_a_backlog_are_not_refetched_early() -> None:
+    clock = Clock()
+    guard = OffsetGuard(clock)
+    guard.start(TP0, 5)  # records 5..7 exist; none has reached the agents yet
+    ends = {TP0: 8}
+    clock.now = 20
+    assert guard.stuck(ends.get, after_s=15, idle_after_s=90) == []
+    guard.passed(TP0, 6)  # Faust acked 6 without delivering it (or it was folded): 5 is lost
+    assert guard.stuck(ends.get, after_s=15, idle_after_s=90) == [TP0]
+    guard.waited(TP0)
+    guard.start(TP("pos.sales", 1), 0)
+    clock.now = 200  # nothing went through for long: a loss that left no trace
+    assert guard.stuck({**ends, TP("pos.sales", 1): 4}.get, after_s=15, idle_after_s=90) == [
+        TP0,
+        TP("pos.sales", 1),
+    ]
