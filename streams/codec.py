@@ -7,8 +7,9 @@ of the fold's decode time). ``tests/unit/test_codec.py`` proves both directions 
 byte-compatible with confluent's serde.
 
 With ``millis_timestamps=True`` (the worker's codec) ``timestamp-millis`` fields decode to
-the int they are on the wire instead of a ``datetime`` (about half the decode time); the domain
-wants millis anyway. Tools that print records keep datetimes.
+the int they are on the wire instead of a ``datetime`` (about half the decode time), and are
+encoded from ints only (a fifth less encode time: no per-field logical-type conversion); the
+domain works in millis anyway. Tools that print records keep datetimes.
 
 Decoding never raises anything but :class:`DecodeError`, whose ``reason`` is the dead-letter
 reason: ``undecodable`` (not the wire format, or bytes that do not match the writer schema) or
@@ -79,7 +80,10 @@ class Codec:
             text = schema_text(spec.schema)
             schema_id = self.registry.register_schema(subject, Schema(text, "AVRO"))
             header = bytes([MAGIC]) + schema_id.to_bytes(4, "big")
-            writer = self._writers[subject] = (header, fastavro.parse_schema(orjson.loads(text)))
+            parsed = orjson.loads(text)
+            if self.millis_timestamps:  # same bytes for int millis, written without conversion
+                parsed = _without_timestamp_types(parsed)
+            writer = self._writers[subject] = (header, fastavro.parse_schema(parsed))
         return writer
 
     def encode(self, spec: TopicSpec, value: dict[str, Any]) -> bytes:
