@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         description="event time an ended reservation stays in the table (duplicates and late "
         "ends are recognised as such); after it, the reservation is forgotten",
     )
+    transfer_timeout_ms: int = Field(
+        14 * 86_400_000,
+        ge=0,
+        description="event time after its TRANSFER_OUT at which a transfer not received "
+        "(no TRANSFER_IN) stops counting as in transit at the destination (expired, counted in "
+        "invsync_transfers_ended_total)",
+    )
     reservation_idle_s: float = Field(
         30.0,
         gt=0,
@@ -108,6 +115,11 @@ class Settings(BaseSettings):
     )
     startup_timeout_s: float = Field(
         60.0, gt=0, description="give up (exit non-zero) if Kafka/registry stay unreachable"
+    )
+    learn_accuracy: bool = Field(
+        True,
+        description="learn each location type's loss rate and variance terms from count "
+        "discrepancies, starting from the priors (streams/learning.py); false: the priors only",
     )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
     metrics_enabled: bool = Field(

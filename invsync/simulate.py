@@ -18,8 +18,13 @@ What the stream models
   stops selling. ~2% of POS events are returns (negative quantity, back on the shelf).
 * **WMS movements** (``wms.movements``, key ``sku|location``, source ``wms-<location>``; off with
   ``wms=False``). Replenishment: a DC ships a store's order at once (``TRANSFER_OUT`` at the DC,
-  ``counterpart_location`` the store, a fresh ``transfer_id``) and the store books the same units
-  under the same ``transfer_id`` when they arrive 12-36 h later (``TRANSFER_IN``); a DC's own
+  ``counterpart_location`` the store, a fresh ``transfer_id``) and the store books the units
+  under the same ``transfer_id`` (``counterpart_location`` the DC) when they arrive 12-36 h
+  later (``TRANSFER_IN``): in between they are in transit (in neither location's hidden stock;
+  invsync tracks them at the store). ~3% of transfers arrive short by 1-2 units
+  (:data:`SHORT_RECEIPT_SHARE`: the store books and gets what arrived) and ~0.5% never arrive
+  (:data:`TRANSIT_LOSS_SHARE`: no ``TRANSFER_IN``; the store reorders when it should have
+  arrived); invsync expires those after ``INVSYNC_TRANSFER_TIMEOUT_MS``. A DC's own
   orders arrive from the supplier after 3-5 days (``RECEIPT``). Online orders shipped from a DC
   leave as one ``PICK`` (~70%) or ``SHIP`` -- never both, as both take units off on hand.
   Shrink: ~30% of store shrink is written off as ``DAMAGE`` (the rest is unrecorded theft); a DC
@@ -62,9 +67,9 @@ and ``poison``.
 
 Limits
 ------
-* Shrink is never quarantined (no ``QUARANTINE``), receipts always match what was ordered, a
-  reservation never ends late (after its expiry) or twice, and no explicit ``expired`` event is
-  sent. Units in transit are in neither location's stock.
+* Shrink is never quarantined (no ``QUARANTINE``), supplier receipts always match what was
+  ordered, a transfer is received at most once (never over), a reservation never ends late
+  (after its expiry) or twice, and no explicit ``expired`` event is sent.
 * One time zone (UTC) for every store; no weekly or seasonal pattern, no promotions, no scan
   errors (one SKU scanned as another), no assortment changes.
 * Event time runs at the simulated pace regardless of the produce rate: at the defaults the
@@ -154,6 +159,8 @@ UNKNOWN_SCHEMA_ID = 0x7FFFFFFF
 STORE_DAMAGE_SHARE = 0.3  # share of store shrink written off as DAMAGE (the rest: unrecorded theft)
 DC_DAMAGE_SHARE = 0.6  # DC handling losses recorded as DAMAGE; the rest is found by an ADJUSTMENT
 DC_PICK_SHARE = 0.7  # order lines a DC reports as PICK, the rest as SHIP: one decrement, never both
+SHORT_RECEIPT_SHARE = 0.03  # transfers that arrive 1-2 units short (lost or stolen on the way)
+TRANSIT_LOSS_SHARE = 0.005  # transfers that never arrive (no TRANSFER_IN)
 HOUSEKEEPING_MIX = (("damage_store", 0.30), ("damage_dc", 0.30), ("adjustment", 0.38),
                     ("unknown", 0.02))  # fmt: skip
 UNKNOWN_MOVEMENT_TYPE = "RELOCATE"  # a bin-to-bin move invsync does not know: dead-lettered
@@ -351,6 +358,11 @@ class _World:
         self.lost_sales = 0
         self.lost_orders = 0  # online orders not taken: not enough free stock at the location
         self.short_picks = 0  # committed units not on the shelf when picked
+        # what happens to a transfer on the way: its own generator, so the rest of the stream
+        # does not depend on these draws
+        self.transit_rng = random.Random(f"invsync-simulate-transit-{config.seed}")
+        self.transfers_short = 0
+        self.transfers_lost = 0
         self.count_order = [self._permutation(config.skus) for _ in self.locations]
         self.count_cursor = [0] * len(self.locations)
         self.dc_drift: dict[tuple[int, int], int] = {}  # DC losses not recorded yet, oldest first
@@ -655,6 +667,8 @@ class _World:
         origin: int | None,
     ) -> None:
         stock = self._state(sku, loc)
+        if transfer_id is not None:
+            quantity = self._arrived(quantity)
         stock.units += quantity
         stock.on_order = False
         if quantity > 0:
@@ -669,6 +683,18 @@ class _World:
             else:
                 self._emit(at, self._movement(at, sku, loc, "RECEIPT", quantity))
         self._maybe_reorder(at, sku, loc)
+
+    def _arrived(self, shipped: int) -> int:
+        """Units of a transfer that arrive: all, 1-2 fewer (:data:`SHORT_RECEIPT_SHARE`, only
+        when at least one still arrives), or none (:data:`TRANSIT_LOSS_SHARE`)."""
+        roll = self.transit_rng.random()
+        if roll < TRANSIT_LOSS_SHARE:
+            self.transfers_lost += 1
+            return 0
+        if roll < TRANSIT_LOSS_SHARE + SHORT_RECEIPT_SHARE and shipped > 1:
+            self.transfers_short += 1
+            return shipped - self.transit_rng.randint(1, min(2, shipped - 1))
+        return shipped
 
     # -- online orders: reservations and their fulfilment ---------------------------------------
 

@@ -8,6 +8,19 @@ report how sure we are), ``low`` at or below 2. The confidence comes
 from :mod:`state.confidence` with the location type's prior accuracy (learning it from count
 discrepancies per location is the next step). Time is the position's stream time, never the
 wall clock, so a replay publishes the same values.
+
+Units in transit (``in_transit``: inbound to the location, shipped by a TRANSFER_OUT elsewhere
+and not received yet, see :mod:`state.position`) are on every record; a channel counts them
+only if its ATP terms list ``in_transit`` (the default terms do not, so without a policy file
+nothing changes). The confidence model stays about on hand: it is the belief over the shelf,
+and in-transit units are not on the shelf. A channel that counts them takes them **at face
+value** (as the other non-shelf terms, :func:`state.channel_policy.offer`): a transfer is a
+scanned shipment between two controlled sites, what it loses is measured when it is received
+(transit loss, ``invsync_transit_loss_units_total``) and a transfer never received stops
+counting at its timeout. So the record's ``confidence`` is P(true on hand - reserved >= offered
+- in_transit) for such a channel: how sure we are of the shelf part of the offer, the inbound
+part assumed to arrive. Discounting in-transit units by a learned transit-loss rate would be
+the next step.
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ class Availability(NamedTuple):
     reason: str = ""
     min_confidence: float = 0.0
     held_back: int = 0
+    in_transit: int = 0  # units inbound (shipped to here, not received yet)
 
     def to_record(self) -> dict[str, Any]:
         return self._asdict()
@@ -153,6 +167,7 @@ def project(
         on_hand=ledger.on_hand,
         reserved=reserved,
         assessment=assessment,
+        in_transit=ledger.in_transit,
     )
     atp, offered, status = result.atp, result.offered, result.status
     explanation = assessment.explanation
@@ -184,4 +199,5 @@ def project(
         reason=result.reason,
         min_confidence=result.min_confidence,
         held_back=result.held_back,
+        in_transit=ledger.in_transit,
     )

@@ -12,18 +12,22 @@ did, for the explanation):
 1. **eligibility** - the location's type must be one of the channel's ``location_types`` and, if
    the channel lists ``groups``, the location must belong to one of them; otherwise 0, ``out``.
 2. **ATP** - ``max(0, sum of the counted terms)``: ``+on_hand``, ``+in_transit``, ``-reserved``,
-   ``-allocated``, ``-safety_stock`` (per location type).
+   ``-allocated``, ``-safety_stock`` (per location type). ``in_transit`` is the units inbound to
+   the location (shipped by a TRANSFER_OUT elsewhere, not received yet: ``Ledger.in_transit``,
+   passed by :func:`state.availability.project`); the default terms leave it out.
 3. **confidence** - ``assessment.offerable(min_confidence[location_type])`` is the largest number
    of shelf units (recorded - reserved, never more) that meets the channel's minimum; the other
    ATP terms are taken as certain and shift it: ``sure = offerable + (ATP_raw - (on_hand -
-   reserved))``.
+   reserved))``. So in-transit units count at face value: the confidence model is about the
+   shelf, which they are not on (see :mod:`state.availability`).
 4. **buffer** - ``buffer_units + ceil(buffer_pct% of ATP)`` held back, floored at 0.
 5. **cap** - at most ``publish_cap``.
 6. **thresholds** - at or below ``out`` the channel is offered 0 (``out``); at or below ``low``
    it is ``low``; else ``in``.
 
 The reported confidence is that of the shelf units behind the offered quantity:
-``assessment.confidence(offered - shift)`` (1 when nothing is offered).
+``assessment.confidence(offered - shift)`` (1 when nothing is offered); units in transit
+counted by the channel are part of ``shift``.
 
 Location groups (``[groups.<name>]``) are sets of locations: every location of the listed
 ``location_types``, plus explicit ``locations``, plus ids starting with one of the

@@ -403,3 +403,48 @@ def from_primitive(data: list[Any]) -> ClassAccuracy:
     if fmt != _FORMAT:
         raise ValueError(f"unknown accuracy format {fmt}")
     return ClassAccuracy(*values)
+
+
+# --- learning from settled counts (the stream's learner, streams/learning.py) -----------------
+
+
+def learn_from_count(
+    accuracy: ClassAccuracy,
+    *,
+    discrepancy: int,
+    units_moved: int,
+    counted: int | None,
+    counted_at: int,
+    previous_count_at: int | None,
+) -> ClassAccuracy | None:
+    """The state after one settled count (a ``count_discrepancy`` record's terms: event-time
+    millis), or ``None`` when the count teaches nothing: a position's first count
+    (``previous_count_at`` null) measures the opening record, not loss. The same rule and terms
+    as ``invsync quality``: :meth:`ClassAccuracy.learn` with the days between the two counts."""
+    if previous_count_at is None:
+        return None
+    days = max(0, counted_at - previous_count_at) / DAY_MS
+    return accuracy.learn(discrepancy, units_moved, days, counted)
+
+
+ACCURACY_FIELDS = tuple(f.name for f in fields(ClassAccuracy))
+
+
+def accuracy_fields(accuracy: ClassAccuracy) -> dict[str, Any]:
+    """Every term of ``accuracy`` by name (``schemas/avro/learned_accuracy.avsc``'s fields)."""
+    return {name: getattr(accuracy, name) for name in ACCURACY_FIELDS}
+
+
+def accuracy_from_fields(record: Mapping[str, Any]) -> ClassAccuracy:
+    """The accuracy in ``record`` (other keys ignored), validated by :class:`ClassAccuracy`:
+    raises ``ValueError`` (a term missing, of the wrong type, non-finite or out of range)."""
+    try:
+        values = {name: record[name] for name in ACCURACY_FIELDS}
+    except KeyError as exc:
+        raise ValueError(f"accuracy term missing: {exc}") from None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+        raise ValueError(f"accuracy term of the wrong type: {values}")
+    if not float(values["observations"]).is_integer():
+        raise ValueError(f"observations must be whole: {values['observations']}")
+    values["observations"] = int(values["observations"])
+    return ClassAccuracy(**values)

@@ -2,6 +2,18 @@
 
 A decoded Avro record (a dict) becomes a :class:`StockEvent` or raises :class:`InvalidEvent` with
 a machine-readable reason. Nothing here knows about Kafka; the caller dead-letters what raises.
+
+Transfers between locations: a ``TRANSFER_OUT`` lowers on hand where it is reported and names
+the destination (``counterpart_location``); the fold routes a **shipment notice**
+(:func:`transit_notice`, kind :attr:`Kind.TRANSIT`) to the destination's position, where the
+units are in transit until the destination's ``TRANSFER_IN`` with the same ``transfer_id``
+(:mod:`state.position`). How strict the checks are (reason ``invalid_transfer``):
+
+* a ``TRANSFER_OUT`` needs a ``transfer_id`` (to be matched) and a ``counterpart_location`` (to
+  be routed) that is a valid location other than its own;
+* a ``TRANSFER_IN`` needs a ``transfer_id``; its ``counterpart_location`` (the origin) is kept
+  when given but not required: the receipt is matched by ``transfer_id`` at its own location,
+  and rejecting it would lose a real on-hand increase for a field the matching does not use.
 """
 
 from __future__ import annotations
@@ -19,11 +31,15 @@ class Kind(StrEnum):
     RESERVE = "reserve"  # a hold opened (+) or ended (-): changes reserved, not on hand
     COUNT = "count"  # cycle count: on hand as of counted_at is the counted quantity
     SNAPSHOT = "snapshot"  # ERP on hand as of a time: reconciled (drift), never applied
+    # units shipped to this location by a TRANSFER_OUT elsewhere (routed by the fold): in
+    # transit until the TRANSFER_IN with the same transfer_id; never changes on hand
+    TRANSIT = "transit"
 
 
 # WMS movement type -> sign of its effect on on hand (ADJUSTMENT carries its own sign).
 # DAMAGE and QUARANTINE take units out of sellable on hand. Transfers change the on hand of the
-# location they are reported at; units in transit between the two are not tracked yet.
+# location they are reported at; the units between the two are in transit to the destination
+# (see the module docstring).
 MOVEMENT_SIGNS = {
     "RECEIPT": 1,
     "TRANSFER_IN": 1,
@@ -50,7 +66,10 @@ class StockEvent(NamedTuple):
 
     ``effective_at`` is the event time at which the event takes effect: ``occurred_at`` for a
     movement, ``counted_at`` for a count (a count is an as-of snapshot). ``quantity`` is the
-    signed change of on hand for a movement and the counted units for a count.
+    signed change of on hand for a movement and the counted units for a count, the units
+    shipped (> 0) for a shipment notice. ``transfer_id`` and ``counterpart`` are set for
+    transfers only: the other location is the destination of a ``TRANSFER_OUT`` and the origin
+    of a ``TRANSFER_IN`` or a notice.
     """
 
     source: str
@@ -60,7 +79,9 @@ class StockEvent(NamedTuple):
     kind: Kind
     effective_at: int  # event time, UTC millis
     quantity: int
-    ref: str = ""  # count_id for counts
+    ref: str = ""  # count_id for counts, the movement type for movements
+    transfer_id: str = ""
+    counterpart: str = ""
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -138,14 +159,96 @@ def movement_from_record(record: dict[str, Any]) -> StockEvent:
         raise InvalidEvent(
             "invalid_quantity", f"{movement_type} quantity must be a positive int: {quantity!r}"
         )
-    if movement_type.startswith("TRANSFER_") and not record.get("transfer_id"):
-        raise InvalidEvent("invalid_field", f"{movement_type} without transfer_id")
+    common = _common(record)
+    transfer_id = counterpart = ""
+    if movement_type.startswith("TRANSFER_"):
+        transfer_id, counterpart = _transfer_fields(record, movement_type, common["location"])
     return StockEvent(
-        **_common(record),
+        **common,
         kind=Kind.MOVEMENT,
         effective_at=millis_field(record.get("occurred_at"), "occurred_at"),
         quantity=sign * quantity,
         ref=movement_type,
+        transfer_id=transfer_id,
+        counterpart=counterpart,
+    )
+
+
+INVALID_TRANSFER = "invalid_transfer"
+
+
+def _transfer_fields(record: dict[str, Any], movement_type: str, location: str) -> tuple[str, str]:
+    """(transfer_id, counterpart) of a transfer movement, checked as the module docstring says."""
+    transfer_id = record.get("transfer_id")
+    if not isinstance(transfer_id, str) or not transfer_id.strip():
+        raise InvalidEvent(INVALID_TRANSFER, f"{movement_type} without transfer_id")
+    counterpart = record.get("counterpart_location")
+    if counterpart is None and movement_type == "TRANSFER_IN":
+        return transfer_id, ""  # the origin is not needed to match the receipt
+    if not isinstance(counterpart, str) or not counterpart.strip():
+        raise InvalidEvent(INVALID_TRANSFER, f"{movement_type} without counterpart_location")
+    if KEY_SEPARATOR in counterpart:
+        detail = f"counterpart_location {counterpart!r} contains {KEY_SEPARATOR!r}"
+        raise InvalidEvent(INVALID_TRANSFER, detail)
+    if counterpart == location:
+        raise InvalidEvent(INVALID_TRANSFER, f"{movement_type} from {location!r} to itself")
+    return transfer_id, counterpart
+
+
+def is_transfer_out(event: StockEvent) -> bool:
+    """A ``TRANSFER_OUT``: the fold routes its :func:`transit_notice` to the destination."""
+    return event.kind is Kind.MOVEMENT and event.ref == "TRANSFER_OUT"
+
+
+def is_transfer_in(event: StockEvent) -> bool:
+    return event.kind is Kind.MOVEMENT and event.ref == "TRANSFER_IN"
+
+
+TRANSIT_SOURCE = "transfers"  # the source of every shipment notice
+
+
+def notice_id(source: str, event_id: str) -> str:
+    """The event id of the notice routed for the TRANSFER_OUT ``(source, event_id)``: a function
+    of that identity only, and a different identity gives a different id (the length prefix
+    keeps ``("a:b", "c")`` and ``("a", "b:c")`` apart)."""
+    return f"{len(source)}:{source}:{event_id}"
+
+
+def transit_notice(out: StockEvent) -> StockEvent:
+    """The shipment notice a ``TRANSFER_OUT`` routes to its destination: keyed
+    ``sku|destination``, at the shipment's event time, the units shipped (> 0), identity
+    ``(TRANSIT_SOURCE, notice_id(out))``. Deterministic: a redelivered TRANSFER_OUT routes the
+    same notice again, which the destination recognises as a duplicate (within the memory
+    :mod:`state.position` states)."""
+    if not is_transfer_out(out) or not out.counterpart or not out.transfer_id:
+        raise ValueError(f"not a routable TRANSFER_OUT: {out!r}")
+    return StockEvent(
+        TRANSIT_SOURCE, notice_id(out.source, out.event_id), out.sku, out.counterpart,
+        Kind.TRANSIT, out.effective_at, -out.quantity, "", out.transfer_id, out.location,
+    )  # fmt: skip
+
+
+def transit_from_record(record: dict[str, Any]) -> StockEvent:
+    """A shipment notice from ``invsync.transfers`` (schemas/avro/transfer_notice.avsc): the
+    units shipped must be > 0 and the origin another location than the destination."""
+    quantity = record.get("quantity")
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
+        raise InvalidEvent("invalid_quantity", f"units shipped must be > 0: {quantity!r}")
+    destination = text_field(record, "location")
+    origin = text_field(record, "origin")
+    if origin == destination:
+        raise InvalidEvent(INVALID_TRANSFER, f"shipment from {origin!r} to itself")
+    return StockEvent(
+        TRANSIT_SOURCE,
+        text_field(record, "notice_id"),
+        text_field(record, "sku"),
+        destination,
+        Kind.TRANSIT,
+        millis_field(record.get("shipped_at"), "shipped_at"),
+        quantity,
+        "",
+        text_field(record, "transfer_id"),
+        origin,
     )
 
 

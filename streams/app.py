@@ -34,8 +34,10 @@ from streams.consumer import PromptConsumer
 from streams.delivery import Outputs, Ticket
 from streams.fold_batch import BatchFolder
 from streams.hold_batch import HoldFolder
+from streams.learning import register_learning
 from streams.partition_store import PartitionStore
 from streams.query_api import register_query_api
+from streams.velocity import register_velocity
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     inputs = raw_topic(
         *(spec.full_name(settings) for spec in (topics.POS_SALES, topics.WMS_MOVEMENTS,
                                                 topics.CYCLE_COUNTS, topics.RESERVED_DELTAS,
-                                                topics.ERP_SNAPSHOTS))
+                                                topics.ERP_SNAPSHOTS, topics.TRANSFERS))
     )  # fmt: skip
     reservation_events = raw_topic(topics.RESERVATIONS.full_name(settings))
     dead_letters = topics.DEAD_LETTERS.full_name(settings)
@@ -74,7 +76,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     positions = app.Table(
         POSITIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-    register_query_api(app, settings, positions)
+    register_query_api(app, settings, positions, policy=policy)
     reservations = app.Table(
         RESERVATIONS_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
@@ -97,6 +99,9 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
         _batched(app, settings, outputs, stores, progress, holds.process)
     )
     register_aggregates(app, settings, policy, codec, outputs, progress)  # network sums
+    # accuracy per location type learned from settled counts; the fold projects with it
+    folder.accuracy = register_learning(app, settings, codec, outputs, progress).get
+    register_velocity(app, settings, codec)  # demand per sku|location, hourly windows, 7 days
 
     # Count discrepancies per location, kept 90 days in daily event-time windows (by counted_at,
     # not the record's timestamp). Values: count_id -> [discrepancy, units moved], so a count

@@ -7,10 +7,20 @@ The commit order, for every batch:
    in arrival order, each at the watermark of its arrival;
 3. write each touched position to the local store once (one write batch per partition), and
    queue its changelog record;
-4. queue one availability record per channel for each position whose version moved, and the
-   dead letters;
+4. queue one availability record per channel for each position whose version moved, the
+   shipment notice of every TRANSFER_OUT applied (or redelivered) to ``invsync.transfers``, and
+   the dead letters;
 5. the agent acks the batch's events only when the broker has acknowledged every record queued
    in 3-4 (:mod:`streams.delivery`); Faust commits acked offsets only.
+
+Transfers: a TRANSFER_OUT's notice (:func:`state.events.transit_notice`) goes to
+``invsync.transfers`` keyed by ``sku|destination``, which this fold also consumes, so the units
+are in transit at the destination's position wherever it lives. The notice is durable before
+the TRANSFER_OUT's offset is committed (same ticket); a TRANSFER_OUT redelivered by offset
+re-emits the same notice (its positions' records are re-published for the same reason), which
+the destination recognises as a duplicate; a source duplicate (same identity, recognised by the
+fold) emits nothing: its original's notice is in an earlier or the same ticket. Transfers whose
+deadline a partition's horizon passes expire at quiet keys too (the due-key sweep below).
 
 Events of partitions this worker no longer owns (taken away by a rebalance after they were
 fetched) are left out of the batch and not acked: their new owner folds them again from the
@@ -41,26 +51,32 @@ from faust.types import TP, EventT, TableT
 from invsync.settings import Settings
 from state.availability import Availability, location_type, project
 from state.channel_policy import ChannelPolicy
+from state.confidence import PRIORS, ClassAccuracy
 from state.events import (
     InvalidEvent,
     StockEvent,
     count_from_record,
+    is_transfer_out,
     movement_from_record,
     reserved_delta_from_record,
     sale_from_record,
     snapshot_from_record,
+    transit_from_record,
 )
 from state.netting import OpenWindow
 from state.position import (
     NEVER,
     Drift,
+    EndedTransfer,
     OpenPosition,
+    Outcome,
     Position,
     SettledCount,
     from_primitive,
     to_primitive,
+    transfer_deadline,
 )
-from streams import metrics, topics
+from streams import metrics, records, topics
 from streams.applied_offsets import MARK_KEY, AppliedOffsets
 from streams.codec import Codec, DecodeError
 from streams.dead_letters import DeadLetter, dead_letter, send_dead_letters
@@ -121,6 +137,11 @@ class BatchFolder:
         self.discrepancies = topics.COUNT_DISCREPANCIES.full_name(settings)
         self.erp_deltas = topics.ERP_STOCK_DELTAS.full_name(settings)
         self.erp_drift = topics.ERP_DRIFT.full_name(settings)
+        self.accuracy_evidence = topics.ACCURACY_EVIDENCE.full_name(settings)
+        # the accuracy of a location type: the priors, or the learned states
+        # (streams.learning.LearnedAccuracy.get, set by streams/app.py)
+        self.accuracy: Callable[[str], ClassAccuracy] = PRIORS.__getitem__
+        self.transfers = topics.TRANSFERS.full_name(settings)
         # per partition: key -> end of its open ERP netting window (this generation's partitions)
         # per partition: key -> the horizon at which it needs advancing (_due_at)
         self.open_windows: dict[int, dict[bytes, int]] = {}
@@ -132,6 +153,7 @@ class BatchFolder:
             topics.CYCLE_COUNTS.full_name(settings): count_from_record,
             topics.RESERVED_DELTAS.full_name(settings): reserved_delta_from_record,
             topics.ERP_SNAPSHOTS.full_name(settings): snapshot_from_record,
+            topics.TRANSFERS.full_name(settings): transit_from_record,
         }
         self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
         self.applied = AppliedOffsets(
@@ -167,6 +189,7 @@ class BatchFolder:
                 valid.append((event, stock_event, watermark))
         touched = self._load(valid)
         lateness_ms = self.settings.lateness_ms
+        shipped: list[StockEvent] = []  # TRANSFER_OUTs whose notices this batch emits
         for event, stock_event, watermark in valid:
             message = event.message
             entry = touched[stock_event.key.encode()]
@@ -175,12 +198,16 @@ class BatchFolder:
             if self.applied.applied(message.topic, message.partition, message.offset, key_offset):
                 entry.redelivered = True
                 outcome = "redelivered"
+                if is_transfer_out(stock_event):  # its notice may not have been delivered
+                    shipped.append(stock_event)
             else:
                 entry.offsets[message.topic] = max(key_offset, message.offset)
                 folded = entry.position.fold(
                     stock_event, lateness_ms=lateness_ms, watermark=watermark
                 )
                 outcome = folded.value
+                if folded is not Outcome.DUPLICATE and is_transfer_out(stock_event):
+                    shipped.append(stock_event)
             counted = (message.topic, outcome)
             outcomes[counted] = outcomes.get(counted, 0) + 1
         for event in events:  # applied, recognised as applied, or dead-lettered
@@ -188,6 +215,8 @@ class BatchFolder:
             self.applied.folded(message.topic, message.partition, message.offset)
         self._close_due_windows({event.message.partition for event in events}, touched)
         self._write_and_publish(touched, ticket)
+        for out in shipped:
+            self._route(out, ticket)
         send_dead_letters(letters, self.codec, self.outputs, ticket, self.dead_letters)
         result.ackable = list(events)
         now = time.time()
@@ -218,7 +247,7 @@ class BatchFolder:
             self._publish(key, entry.position, ticket)
             if entry.event is not None:
                 ticket.published_at.append(entry.event.message.timestamp)
-        for entry in touched.values():
+        for key, entry in touched.items():
             for settled in entry.position.settled_counts:
                 self._report_count(settled, ticket)
             entry.position.settled_counts.clear()
@@ -227,9 +256,18 @@ class BatchFolder:
             entry.position.drifts.clear()
             for delta in entry.position.netting.deltas:
                 value = self.codec.encode(topics.ERP_STOCK_DELTAS, delta.to_record())
-                key = topics.make_key(delta.sku, delta.location).encode()
-                self.outputs.produce(ticket, self.erp_deltas, key, value)
+                delta_key = topics.make_key(delta.sku, delta.location).encode()
+                self.outputs.produce(ticket, self.erp_deltas, delta_key, value)
             entry.position.netting.deltas.clear()
+            if entry.position.ended_transfers:
+                _count_ended(key, entry.position.ended_transfers)
+                entry.position.ended_transfers.clear()
+
+    def _route(self, out: StockEvent, ticket: Ticket) -> None:
+        """Queue the shipment notice of a TRANSFER_OUT, keyed by the destination."""
+        value = self.codec.encode(topics.TRANSFERS, records.transfer_notice(out))
+        key = topics.make_key(out.sku, out.counterpart).encode()
+        self.outputs.produce(ticket, self.transfers, key, value)
 
     def _close_due_windows(self, partitions: set[int], touched: dict[bytes, _Touched]) -> None:
         """Advance every position of ``partitions`` that the partition's horizon (watermark -
@@ -269,12 +307,14 @@ class BatchFolder:
         if index is None:
             index = self.open_windows[partition] = {}
             window_ms = self.settings.erp_window_ms
+            timeout_ms = self.settings.transfer_timeout_ms
             for key, value in self.store.items(partition):
                 if key == MARK_KEY:
                     continue
                 position = from_primitive(orjson.loads(value)["p"])
                 first = position.pending[0].effective_at if position.pending else None
-                due = _due_at(position.netting, first, window_ms)
+                expiry = transfer_deadline(position.settled, timeout_ms)
+                due = _due_at(position.netting, first, window_ms, expiry)
                 if due is not None:
                     index[key] = due
         return index
@@ -282,7 +322,8 @@ class BatchFolder:
     def _index_window(self, partition: int, key: bytes, position: OpenPosition) -> None:
         index = self._windows_of(partition)
         first = position.pending[0].effective_at if position.pending else None
-        due = _due_at(position.netting.open, first, self.settings.erp_window_ms)
+        expiry = transfer_deadline(position.settled, self.settings.transfer_timeout_ms)
+        due = _due_at(position.netting.open, first, self.settings.erp_window_ms, expiry)
         if due is None:
             index.pop(key, None)
         else:
@@ -353,7 +394,9 @@ class BatchFolder:
                 data = orjson.loads(value)
                 position, offsets = from_primitive(data["p"]), data["o"]
             opened[key] = _Touched(
-                OpenPosition(position, self.settings.erp_window_ms),
+                OpenPosition(
+                    position, self.settings.erp_window_ms, self.settings.transfer_timeout_ms
+                ),
                 offsets,
                 partition,
                 position.version,
@@ -363,12 +406,14 @@ class BatchFolder:
     def _publish(self, key: bytes, position: OpenPosition, ticket: Ticket) -> None:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
-        hours = self.settings.hours_of(location_type(location))
+        kind = location_type(location)
+        hours = self.settings.hours_of(kind)
+        accuracy = self.accuracy(kind)
         first = True
         for channel, topic in self.availability.items():
             availability = project(
                 channel, sku, location, ledger, stream_time=position.stream_time,
-                policy=self.policy.channel(channel), trading_hours=hours,
+                policy=self.policy.channel(channel), trading_hours=hours, accuracy=accuracy,
             )  # fmt: skip
             if first:  # model health: the same for every channel, observed once
                 self._observe_model(key, availability)
@@ -401,6 +446,11 @@ class BatchFolder:
         }  # fmt: skip
         value = self.codec.encode(topics.COUNT_DISCREPANCIES, record)
         self.outputs.produce(ticket, self.discrepancies, count.location.encode(), value)
+        # the same record keyed by location type: the accuracy learner's input (one learner per
+        # type, streams/learning.py), durable before this batch's input offsets commit
+        evidence = self.codec.encode(topics.ACCURACY_EVIDENCE, record)
+        kind = str(record["location_type"]).encode()
+        self.outputs.produce(ticket, self.accuracy_evidence, kind, evidence)
 
     def _observe_model(self, key: bytes, availability: Availability) -> None:
         kind = availability.location_type
@@ -413,15 +463,32 @@ class BatchFolder:
         metrics.PHANTOM_SUSPECTS.labels(kind).set(len(suspects))
 
 
-def _due_at(window: OpenWindow | None, first_pending: int | None, window_ms: int) -> int | None:
+def _due_at(
+    window: OpenWindow | None,
+    first_pending: int | None,
+    window_ms: int,
+    expires_at: int | None = None,
+) -> int | None:
     """The horizon at which a position needs advancing (None: never): when it reaches its open
-    netting window's end (the window closes), or passes its earliest pending event (it settles)."""
+    netting window's end (the window closes), or passes its earliest pending event (it settles)
+    or the earliest deadline of its open transfers (it expires)."""
     due = []
     if window is not None:
         due.append(window.start + window_ms)
     if first_pending is not None:
         due.append(first_pending + 1)
+    if expires_at is not None:
+        due.append(expires_at + 1)
     return min(due, default=None)
+
+
+def _count_ended(key: bytes, ended: list[EndedTransfer]) -> None:
+    """Transfers into the position ``key`` that ended: counted by outcome, and the units lost."""
+    kind = location_type(topics.split_key(key.decode())[1])
+    for transfer in ended:
+        metrics.TRANSFERS_ENDED.labels(kind, transfer.outcome).inc()
+        if transfer.lost > 0:
+            metrics.TRANSIT_LOSS_UNITS.labels(kind).inc(transfer.lost)
 
 
 def owned(app: Any, events: Sequence[EventT]) -> list[EventT]:

@@ -110,6 +110,52 @@ PHANTOM_SUSPECTS = Gauge(
     ["location_type"],
 )
 
+TRANSFERS_ENDED = Counter(
+    "invsync_transfers_ended_total",
+    "Transfers into a location that ended, by its location type and outcome: received (in "
+    "full), short, over, expired (not received within INVSYNC_TRANSFER_TIMEOUT_MS of event "
+    "time), unshipped (a receipt whose shipment notice never came).",
+    ["location_type", "outcome"],
+)
+TRANSIT_LOSS_UNITS = Counter(
+    "invsync_transit_loss_units_total",
+    "Units shipped to a location and not received: the shortfall of short receipts and all "
+    "units of expired transfers, by the destination's location type.",
+    ["location_type"],
+)
+
+ACCURACY_EVIDENCE = Counter(
+    "invsync_accuracy_evidence_total",
+    "Settled counts the accuracy learner folded, by location type and outcome: learned, "
+    "first_count (a position's first count teaches nothing), duplicate (a count already "
+    "learned), redelivered (an input offset already applied).",
+    ["location_type", "outcome"],
+)
+ACCURACY_OBSERVATIONS = Gauge(
+    "invsync_accuracy_observations",
+    "Settled counts behind the accuracy this worker uses, by location type (0: the prior).",
+    ["location_type"],
+)
+ACCURACY_LOSS_RATE = Gauge(
+    "invsync_accuracy_loss_rate",
+    "Unrecorded loss per unit moved (posterior mean) in the accuracy this worker uses, by "
+    "location type.",
+    ["location_type"],
+)
+ACCURACY_PHANTOM_RATE = Gauge(
+    "invsync_accuracy_phantom_rate",
+    "Phantom-stock onsets per position per day (posterior mean) in the accuracy this worker "
+    "uses, by location type.",
+    ["location_type"],
+)
+ACCURACY_INVALID = Counter(
+    "invsync_accuracy_invalid_total",
+    "Learned accuracy states ignored because they failed decoding or validation, by where they "
+    "were read: topic (the worker keeps what it had) or table (the learner starts that location "
+    "type again from its prior).",
+    ["source"],
+)
+
 
 class NullMetric:
     """Every method the worker calls on a metric (and on its children), doing nothing."""

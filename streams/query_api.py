@@ -7,6 +7,11 @@ Routes (the contract is ``docs/openapi.yaml``, also served at ``GET /v1/openapi.
   pair, in request order, the latest availability record the Redis read model holds
   (:mod:`sinks.read_model`) with its ``status``, or ``status: "unknown"`` and
   ``availability: null`` for a pair never published. At most :data:`MAX_PAIRS` pairs a request.
+- ``GET /v1/availability/{channel}/groups/{group}/{sku}``: the latest network aggregate of one sku
+  over one location group (a record of ``availability.<channel>.groups``: offered, status,
+  confidence, version, locations, offering, as_of), or ``status: "unknown"`` and
+  ``availability: null`` if none was published. The group must be one the channel's policy
+  aggregates (``aggregates`` in the policy file, :mod:`streams.aggregates`); any other is 404.
 - ``GET /v1/positions/{sku}/{location}``: the position in the positions table (the full ledger:
   on hand, reserved, last count, pending events, version, stream time, input offsets).
 
@@ -14,8 +19,9 @@ Guarantees:
 
 - **Availability = what was published.** Answers come from the read model, which the Redis
   sink keeps at the latest version of every record of the ``availability.<channel>`` topics, so
-  an answer never shows a value that was not published, and a key never moves backwards. One
-  Redis round trip per request, run in an executor so the worker's event loop is not blocked.
+  an answer never shows a value that was not published, and a key never moves backwards (group
+  answers likewise, from the ``availability.<channel>.groups`` topics). One Redis round trip per
+  request, run in an executor so the worker's event loop is not blocked.
   Not a snapshot across keys (each key at its own latest version); what the sink has not yet
   written is not visible (the read model lags the topic by the sink's lag).
 - **Positions = the owner's local table.** The position is read (read-only) from the local store
@@ -25,24 +31,26 @@ Guarantees:
   metadata (``app.router.table_metadata``, the data behind ``app.table_route``), marked with
   :data:`FORWARDED_HEADER` so it is never forwarded twice.
 - **Errors are JSON** ``{"error": message, "status": code}``: 400 malformed request (bad JSON,
-  missing fields, an empty sku or location, or one containing ``|``), 404 unknown channel or no
-  such position, 413 more than :data:`MAX_PAIRS` pairs (or a body over aiohttp's
-  ``client_max_size``, 1 MiB by default), 503 Redis unreachable (after the read model's client
-  retries, so up to ~10 s), the partition being rebalanced or recovered, or its owner not
-  answering.
+  missing fields, an empty sku or location, or one containing ``|``, a group that is not a group
+  name), 404 unknown channel, a group the channel does not aggregate, or no such position, 413
+  more than :data:`MAX_PAIRS` pairs (or a body over aiohttp's ``client_max_size``, 1 MiB by
+  default), 503 Redis unreachable (after the read model's client retries, so up to ~10 s), the
+  partition being rebalanced or recovered, or its owner not answering.
 
 Limits: no authentication, rate limiting or caching (put it behind a gateway). Forwarding needs
 the workers to reach each other at their canonical URL (``http://<hostname>:<web port>`` unless
 Faust's ``WEB_HOST`` environment variable says otherwise). While a partition moves (a rebalance,
 table recovery), positions of that partition answer 503 until its new owner is ready. The served
 OpenAPI document is read from ``docs/openapi.yaml`` next to the source tree; an installation
-without it answers that route with 404.
+without it answers that route with 404. Which groups a channel aggregates comes from the channel
+policy as the worker started with it (a changed policy file takes a restart, as for the worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +67,12 @@ from redis.exceptions import RedisError
 
 from invsync.settings import Settings
 from sinks.read_model import RedisReadModel
+from state.channel_policy import ChannelPolicy, default_channel, load_policy
 from state.events import KEY_SEPARATOR
 from state.position import NEVER, from_primitive
 from streams import health
 from streams.partition_store import PartitionStore
+from streams.velocity import demand_velocity
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +81,19 @@ UNKNOWN = "unknown"  # the status of a pair never published
 FORWARDED_HEADER = "X-Invsync-Forwarded-From"
 FORWARD_TIMEOUT_S = 5.0
 OPENAPI_PATH = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
+GROUP_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")  # the policy's group names (state.channel_policy)
 
 # Every route this module registers: (method, path), in registration order. The OpenAPI
 # document must describe each (tests/unit/test_query_api.py).
 AVAILABILITY_QUERY = "/v1/availability/{channel}/query"
 AVAILABILITY_ONE = "/v1/availability/{channel}/{sku}"
+GROUP_ONE = "/v1/availability/{channel}/groups/{group}/{sku}"
 POSITION = "/v1/positions/{sku}/{location}"
 OPENAPI = "/v1/openapi.yaml"
 ROUTES = (
     ("POST", AVAILABILITY_QUERY),
     ("GET", AVAILABILITY_ONE),
+    ("GET", GROUP_ONE),
     ("GET", POSITION),
     ("GET", OPENAPI),
 )
@@ -117,6 +130,30 @@ def check_channel(channel: str, channels: Sequence[str]) -> str:
     if channel not in channels:
         raise RequestError(404, f"unknown channel {channel!r} (have: {', '.join(channels)})")
     return channel
+
+
+def check_group_name(value: str) -> str:
+    """``value`` as a location group name (``^[a-z][a-z0-9_-]*$``, as the policy file requires);
+    else 400."""
+    if not GROUP_NAME.match(value):
+        raise RequestError(400, f"group {value!r} is not a group name ({GROUP_NAME.pattern})")
+    return value
+
+
+def aggregated_groups(settings: Settings, policy: ChannelPolicy) -> dict[str, tuple[str, ...]]:
+    """Per configured channel, the groups its policy publishes network aggregates for."""
+    return {name: policy.channel(name).aggregates for name in settings.channels}
+
+
+def check_group(channel: str, group: str, aggregated: Mapping[str, Sequence[str]]) -> str:
+    """``group`` if ``channel`` publishes aggregates for it; else 404."""
+    known = aggregated.get(channel, ())
+    if group not in known:
+        have = ", ".join(known) or "none"
+        raise RequestError(
+            404, f"channel {channel!r} publishes no aggregate for group {group!r} (has: {have})"
+        )
+    return group
 
 
 def check_count(n: int) -> None:
@@ -186,6 +223,19 @@ def availability_items(
         }
         for (sku, location), record in zip(pairs, records, strict=True)
     ]
+
+
+def group_answer(
+    channel: str, group: str, sku: str, record: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The answer for one sku over one group: its status and stored record, or unknown/null."""
+    return {
+        "channel": channel,
+        "group": group,
+        "sku": sku,
+        "status": UNKNOWN if record is None else record.get("status", UNKNOWN),
+        "availability": None if record is None else dict(record),
+    }
 
 
 def _time(value: int | None) -> int | None:
@@ -268,6 +318,15 @@ class _Api:
             raise RequestError(503, f"the availability read model is unavailable: {exc}") from None
         return {"channel": channel, "items": availability_items(pairs, records)}
 
+    async def group(self, channel: str, group: str, sku: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        try:
+            record = await loop.run_in_executor(None, self.model.get_group, channel, group, sku)
+        except RedisError as exc:
+            log.warning("query API: the read model is unreachable: %s", exc)
+            raise RequestError(503, f"the availability read model is unavailable: {exc}") from None
+        return group_answer(channel, group, sku, record)
+
     async def position(self, web: View, request: Request, sku: str, location: str) -> Response:
         key = f"{sku}{KEY_SEPARATOR}{location}".encode()
         changelog = self.positions.changelog_topic.get_topic_name()
@@ -281,6 +340,10 @@ class _Api:
                 raise RequestError(404, f"no position for {sku!r} at {location!r}")
             view = position_view(sku, location, stored)
             view |= {"partition": partition, "served_by": str(self.app.conf.canonical_url)}
+            # demand velocity from the hourly windows, as of the position's stream time
+            view["demand_velocity"] = demand_velocity(
+                self.app, sku, location, view["stream_time"] or view["as_of"]
+            )
             return _json(web, view)
         if request.headers.get(FORWARDED_HEADER):
             raise RequestError(
@@ -330,11 +393,29 @@ async def _read_body(request: Request) -> bytes:
         raise RequestError(413, f"the body is too large: {exc.text}") from None
 
 
-def register_query_api(app: faust.App, settings: Settings, positions_table: TableT) -> None:
+def _policy(settings: Settings) -> ChannelPolicy:
+    """The worker's channel policy: ``INVSYNC_CHANNEL_POLICY``, or the built-in default channels
+    (no aggregates) when it is unset (as :func:`invsync.worker.channel_policy`)."""
+    if settings.channel_policy is not None:
+        return load_policy(settings.channel_policy)
+    return ChannelPolicy({name: default_channel(name) for name in settings.channels})
+
+
+def register_query_api(
+    app: faust.App,
+    settings: Settings,
+    positions_table: TableT,
+    policy: ChannelPolicy | None = None,
+) -> None:
     """Register the query API's routes (:data:`ROUTES`) on ``app``'s web server; the read model
-    is created on the first availability request and closed before the app shuts down."""
+    is created on the first availability request and closed before the app shuts down.
+
+    ``policy``: the worker's channel policy (which groups each channel aggregates); read from
+    ``INVSYNC_CHANNEL_POLICY`` when not given. Raises
+    :class:`~state.channel_policy.PolicyError` if that file is invalid."""
     api = _Api(app, settings, positions_table)
     channels = tuple(settings.channels)
+    aggregated = aggregated_groups(settings, policy or _policy(settings))
 
     async def one_sku(web: View, request: Request, channel: str, sku: str) -> Response:
         try:
@@ -366,6 +447,19 @@ def register_query_api(app: faust.App, settings: Settings, positions_table: Tabl
         async def get(self, request: Request, channel: str, sku: str) -> Response:
             return await one_sku(self, request, channel, sku)
 
+    class GroupOne(View):
+        """One sku's network aggregate over one location group of a channel."""
+
+        async def get(self, request: Request, channel: str, group: str, sku: str) -> Response:
+            try:
+                check_channel(channel, channels)
+                check_group_name(group)
+                check_identifier("sku", sku)
+                check_group(channel, group, aggregated)
+                return _json(self, await api.group(channel, group, sku))
+            except RequestError as error:
+                return _error(self, error)
+
     class PositionView(View):
         """The position of one sku at one location (served, or forwarded to, its owner)."""
 
@@ -390,6 +484,7 @@ def register_query_api(app: faust.App, settings: Settings, positions_table: Tabl
     views: dict[str, type[View]] = {
         AVAILABILITY_QUERY: AvailabilityQuery,
         AVAILABILITY_ONE: AvailabilityOne,
+        GROUP_ONE: GroupOne,
         POSITION: PositionView,
         OPENAPI: OpenApi,
     }

@@ -1,12 +1,14 @@
 """Build input records (the Avro value dicts of ``schemas/avro``) for producers of test data.
 
 The simulator, the benchmark and the tests produce the same record types; this is the one
-place that knows their fields. Timestamps are UTC millis.
+place that knows their fields (and of the fold's own shipment notices). Timestamps are UTC millis.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from state.events import StockEvent, transit_notice
 
 
 def pos_sale(
@@ -55,3 +57,14 @@ def reservation_event(
             "occurred_at": occurred_at, "reservation_id": reservation_id, "action": action,
             "quantity": quantity, "expires_at": expires_at,
             "channel": channel}  # fmt: skip
+
+
+def transfer_notice(out: StockEvent) -> dict[str, Any]:
+    """The shipment notice the fold routes for a TRANSFER_OUT (``invsync.transfers``, keyed by
+    the destination's sku|location): :func:`state.events.transit_notice` as a record, which
+    :func:`state.events.transit_from_record` reads back to the same event."""
+    notice = transit_notice(out)
+    return {"notice_id": notice.event_id, "transfer_id": notice.transfer_id, "sku": notice.sku,
+            "location": notice.location, "origin": notice.counterpart,
+            "shipped_at": notice.effective_at, "quantity": notice.quantity,
+            "source": out.source, "event_id": out.event_id}  # fmt: skip

@@ -9,6 +9,9 @@ the same partition of every input topic when producers use the murmur2 partition
 aiokafka's default; confluent-kafka producers must set ``partitioner=murmur2_random``).
 Reservation events are keyed by ``reservation_id``; the reservations agent re-keys their effect
 on reserved units by sku|location onto ``invsync.reserved-deltas``, which the fold consumes.
+Transfers: the fold routes each TRANSFER_OUT's shipment notice to ``invsync.transfers``, keyed
+by ``sku|destination``, and consumes that topic itself, so the units are in transit at the
+destination's position (on whichever partition and worker it lives).
 Network aggregates (:mod:`streams.aggregates`): availability records re-keyed by
 ``channel|group|sku`` onto ``invsync.group-contributions``, summed per group onto the compacted
 ``availability.<channel>.groups``, keyed ``group|sku``.
@@ -59,10 +62,20 @@ CYCLE_COUNTS = TopicSpec("inventory.counts", "cycle_count", "sku|location", "inp
 RESERVATIONS = TopicSpec("reservations.events", "reservation_event", "reservation_id", "input")
 ERP_SNAPSHOTS = TopicSpec("erp.snapshots", "erp_snapshot", "sku|location", "input")
 RESERVED_DELTAS = TopicSpec("invsync.reserved-deltas", "reserved_delta", "sku|location", "internal")
+# the fold's own input: shipment notices, keyed by the destination's sku|location
+TRANSFERS = TopicSpec("invsync.transfers", "transfer_notice", "sku|location", "internal")
 COUNT_DISCREPANCIES = TopicSpec(
     "invsync.count-discrepancies", "count_discrepancy", "location", "output"
 )
 ERP_STOCK_DELTAS = TopicSpec("erp.stock-deltas", "erp_stock_delta", "sku|location", "output")
+# accuracy learning (streams/learning.py): every settled count re-keyed by location type, so one
+# learner folds each type; the learned state per type, compacted (every worker reads all of it)
+ACCURACY_EVIDENCE = TopicSpec(
+    "invsync.accuracy-evidence", "count_discrepancy", "location_type", "internal"
+)
+ACCURACY = TopicSpec(
+    "invsync.accuracy", "learned_accuracy", "location_type", "output", compacted=True
+)
 ERP_DRIFT = TopicSpec("erp.drift", "erp_drift", "sku|location", "output")
 DEAD_LETTERS = TopicSpec("invsync.dead-letters", "dead_letter", "source topic", "error")
 
@@ -105,8 +118,8 @@ def all_topics(settings: Settings) -> list[TopicSpec]:
     # aggregates: a groups topic for every channel, with aggregates in its policy or not, so the
     # catalogue stays a function of the settings (the policy file is not read here)
     outputs += [GROUP_CONTRIBUTIONS, *(group_availability(c) for c in settings.channels)]
-    return [*INPUTS, RESERVED_DELTAS, *outputs, COUNT_DISCREPANCIES, ERP_STOCK_DELTAS, ERP_DRIFT,
-            DEAD_LETTERS]  # fmt: skip
+    return [*INPUTS, RESERVED_DELTAS, TRANSFERS, *outputs, COUNT_DISCREPANCIES, ERP_STOCK_DELTAS,
+            ERP_DRIFT, ACCURACY_EVIDENCE, ACCURACY, DEAD_LETTERS]  # fmt: skip
 
 
 @cache

@@ -1,4 +1,5 @@
-"""The first slice end to end: POS sales and cycle counts -> positions -> availability.<channel>.
+"""The first slice end to end: POS sales, WMS movements (transfers routed to their destination
+through invsync.transfers), cycle counts and reservations -> positions -> availability.<channel>.
 
 The oracle is ``tests.reference``: a fold over the produced events written independently of
 ``state/``. Every assertion polls the real output topics with a deadline.
@@ -26,7 +27,7 @@ from state.events import (
 from streams import records, topics
 from tests.integration.conftest import Deployment
 from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all, read_all_with
-from tests.reference import reference_positions
+from tests.reference import reference_in_transit, reference_positions
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 MINUTE = 60_000
@@ -47,9 +48,17 @@ def count(i: int, sku: str, loc: str, at: int, qty: int) -> Item:
     return topics.CYCLE_COUNTS, topics.make_key(sku, loc), value
 
 
+NEXT_STORE = {"S0": "S1", "S1": "S2", "S2": "S0"}
+
+
 def movement(i: int, sku: str, loc: str, at: int, kind: str, qty: int) -> Item:
+    """A WMS movement; a transfer gets its own id (never matched: a TRANSFER_OUT stays in
+    transit at the next store, a TRANSFER_IN is a receipt whose shipment was not seen)."""
     transfer = f"t{i}" if kind.startswith("TRANSFER_") else None
-    value = records.wms_movement(f"m{i}", "wms-1", sku, loc, at, kind, qty, transfer_id=transfer)
+    other = NEXT_STORE.get(loc, "S0" if loc != "S0" else "S1") if transfer else None
+    value = records.wms_movement(
+        f"m{i}", "wms-1", sku, loc, at, kind, qty, transfer_id=transfer, counterpart_location=other
+    )
     return topics.WMS_MOVEMENTS, topics.make_key(sku, loc), value
 
 
@@ -157,15 +166,20 @@ class Mismatch(dict[str, Any]):
 
 def availability_matches(dep: Deployment, items: list[Item]) -> bool | Mismatch:
     """Latest record per key == reference (on hand, version = distinct events applied incl.
-    reserved deltas, reserved units)."""
+    reserved deltas and routed shipment notices, reserved units, units in transit; nothing
+    expires: the workload spans less than the transfer timeout)."""
     reserved, deltas = reference_holds(items)
+    events = as_events(items)
+    in_transit = reference_in_transit(events)
     expected = {
-        k: (on_hand, version + deltas.get(k, 0), reserved.get(k, 0))
-        for k, (on_hand, version) in reference_positions(as_events(items)).items()
+        k: (on_hand, version + deltas.get(k, 0), reserved.get(k, 0), in_transit.get(k, 0))
+        for k, (on_hand, version) in reference_positions(events).items()
     }
     topic = topics.availability("web").full_name(dep.settings)
     latest = latest_by_key(read_all(dep.settings, topic))
-    got = {k: (r["on_hand"], r["version"], r["reserved"]) for k, r in latest.items()}
+    got = {
+        k: (r["on_hand"], r["version"], r["reserved"], r["in_transit"]) for k, r in latest.items()
+    }
     if got == expected:
         return True
     wrong = {

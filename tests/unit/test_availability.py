@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from state.availability import (
     VELOCITY_PRIOR_DAYS,
     VELOCITY_PRIOR_UNITS,
@@ -132,3 +134,38 @@ def test_silence_is_measured_in_trading_hours():
     assert calendar.explanation.since_last_sale_ms == 12 * HOUR
     assert trading.explanation.since_last_sale_ms == round(2 * HOUR * 24 / 14)
     assert trading.phantom_probability < calendar.phantom_probability
+
+
+def notice(i: int, at: int, units: int, loc: str = "S001") -> StockEvent:
+    return StockEvent(
+        "transfers", f"n{i}", "SKU1", loc, Kind.TRANSIT, at, units, "", f"T{i}", "DC1"
+    )
+
+
+def test_the_record_carries_in_transit_and_only_channels_that_count_it_offer_it():
+    from dataclasses import replace
+
+    from state.channel_policy import AtpFormula, default_channel
+
+    ledger = ledger_of(count(T0, 10), notice(1, T0 + HOUR, 6))
+    at = T0 + 2 * HOUR
+    default = project("web", "SKU1", "S001", ledger, stream_time=at)
+    assert (default.on_hand, default.in_transit, default.atp) == (10, 6, 10)  # as before
+    assert default.to_record()["in_transit"] == 6
+    terms = AtpFormula(frozenset({"on_hand", "in_transit", "reserved"}))
+    counting = replace(default_channel("ship"), atp=terms)
+    ship = project("ship", "SKU1", "S001", ledger, stream_time=at, policy=counting)
+    assert (ship.atp, ship.offered, ship.in_transit) == (16, 16, 6)
+    # the confidence is that of the shelf part (10 on hand), the inbound part at face value
+    assert ship.confidence == pytest.approx(default.confidence)
+
+
+def test_the_availability_schema_has_every_record_field():
+    import orjson
+
+    from streams.topics import schema_text
+
+    fields = [f["name"] for f in orjson.loads(schema_text("availability_record"))["fields"]]
+    ledger = ledger_of(count(T0, 1), notice(1, T0, 2))
+    record = project("web", "SKU1", "S001", ledger, stream_time=T0).to_record()
+    assert fields == list(record)

@@ -82,6 +82,8 @@ def test_the_example_file_loads_with_its_three_channels():
     assert market.min_confidence == {"dc": 0.9}  # one number: every eligible type
     assert web.aggregates == ("network_ship",)
     assert {"in_transit", "allocated"} <= market.atp.terms
+    # ship to home counts units on their way; same-day pickup only the shelf
+    assert "in_transit" in web.atp.terms and "in_transit" not in bopis.atp.terms
     assert bopis.atp.safety_stock == {"store": 1}
     network = policy.groups["network_ship"]
     assert network.contains("DC1", "dc") and network.contains("S001", "store")
@@ -341,3 +343,16 @@ def test_the_default_policy_has_only_web_with_no_buffers():
         None,
         2,
     )
+
+
+def test_in_transit_units_count_at_face_value_for_the_channels_that_list_them():
+    """The confidence is about the shelf: units in transit shift the offer as certain, and the
+    reported confidence is that of the shelf part of it."""
+    web = load_policy(EXAMPLE).channel("web")
+    shelf = assessment(20, 0, kind="dc")
+    without = offer_at(web, "DC1", shelf)
+    inbound = offer_at(web, "DC1", shelf, in_transit=12)
+    assert inbound.atp == without.atp + 12
+    assert inbound.offered == without.offered + 12  # minus nothing: taken at face value
+    assert inbound.confidence == pytest.approx(without.confidence)
+    assert offer_at(default_channel(), "DC1", shelf, in_transit=12).atp == 20  # not counted

@@ -350,29 +350,59 @@ def test_movements_happen_where_they_belong() -> None:
             assert value["counterpart_location"].startswith("DC")
 
 
-def test_transfers_pair_up() -> None:
-    """Every TRANSFER_IN (at a store) follows, in the stream, the TRANSFER_OUT (at its DC) with
-    the same transfer id and quantity; a transfer id is shipped once."""
-    shipped: dict[str, tuple[str, str, str, int]] = {}
-    received = 0
-    for record in long_records():
+def transfer_pairs(
+    recs: tuple[SimRecord, ...],
+) -> tuple[list[tuple[int, int]], dict[str, tuple[str, str, str, int, int]], int]:
+    """(shipped, received) units of every received transfer, the transfers never received
+    (id -> sku, DC, store, units, shipped at), and the stream's last event time; checking that
+    every TRANSFER_IN (at a store) follows, in the stream, the TRANSFER_OUT (at its DC) with the
+    same transfer id, sku and locations, and that a transfer id is shipped once."""
+    shipped: dict[str, tuple[str, str, str, int, int]] = {}
+    pairs: list[tuple[int, int]] = []
+    last = 0
+    for record in recs:
         value = record.value
         if record.spec != WMS_MOVEMENTS or value is None or record.kind == "duplicate":
             continue
+        last = max(last, value["occurred_at"])
         if value["movement_type"] == "TRANSFER_OUT":
             assert value["transfer_id"] not in shipped
             shipped[value["transfer_id"]] = (
-                value["sku"], value["location"], value["counterpart_location"], value["quantity"]
+                value["sku"], value["location"], value["counterpart_location"], value["quantity"],
+                value["occurred_at"],
             )  # fmt: skip
+            assert movement_from_record(value).counterpart == value["counterpart_location"]
         elif value["movement_type"] == "TRANSFER_IN":
-            received += 1
-            sku, dc, store, quantity = shipped.pop(value["transfer_id"])
-            assert (sku, store, quantity) == (value["sku"], value["location"], value["quantity"])
+            sku, dc, store, quantity, _ = shipped.pop(value["transfer_id"])
+            assert (sku, store) == (value["sku"], value["location"])
             assert value["counterpart_location"] == dc
+            pairs.append((quantity, value["quantity"]))
         else:
             assert value["transfer_id"] is None
-    assert received > 100
-    assert shipped  # some still in transit at the end
+    return pairs, shipped, last
+
+
+def test_transfers_pair_up_and_some_arrive_short() -> None:
+    pairs, in_transit, _ = transfer_pairs(long_records())
+    assert len(pairs) > 100
+    assert all(0 < received <= shipped for shipped, received in pairs)
+    assert all(shipped - received <= 2 for shipped, received in pairs)
+    assert 0 < sum(received < shipped for shipped, received in pairs) < 0.1 * len(pairs)
+    assert in_transit  # some still in transit at the end
+
+
+def test_some_transfers_never_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    from invsync import simulate
+
+    monkeypatch.setattr(simulate, "TRANSIT_LOSS_SHARE", 0.2)  # "rarely" is too rare to test
+    recs = tuple(generate(config(
+        events=20_000, sales_per_second=0.05, reservations_per_second=0.0,
+        movements_per_second=0.0, duplicate_share=0.0, poison_share=0.0,
+    )))  # fmt: skip
+    pairs, in_transit, last = transfer_pairs(recs)
+    overdue = [t for t in in_transit.values() if t[4] < last - 36 * HOUR]  # past the lead time
+    assert pairs and overdue
+    assert 0.1 < len(overdue) / (len(pairs) + len(overdue)) < 0.3
 
 
 def fold_reservations(recs: tuple[SimRecord, ...]) -> dict[str, Reservation]:
