@@ -8,7 +8,7 @@ BENCH_EVENTS ?= 1000000
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help prereqs install helm stack-up stack-down topics run test unit integration lint \
-	ops-check deploy-check dashboard bench clean
+	ops-check deploy-check dashboard bench bench-sinks clean
 
 help:
 	@echo "make run    - install what is missing, start the stack, worker and simulator (Ctrl-C stops all)"
@@ -18,6 +18,7 @@ help:
 	@echo "make deploy-check - helm lint/template + Kubernetes schemas, compose file vs. settings"
 	@echo "make dashboard    - regenerate ops/grafana/invsync.json"
 	@echo "make bench  - throughput and latency vs. a raw consumer baseline (BENCH_EVENTS=$(BENCH_EVENTS))"
+	@echo "make bench-sinks - records published per channel, Redis writes/s, query API p50/p99, ERP catch-up after a 10-min outage (BENCH_EVENTS=$(BENCH_EVENTS))"
 
 prereqs:
 	@ops/install-prereqs.sh
@@ -76,6 +77,9 @@ test: install helm
 
 bench: topics
 	$(BIN)/python -m bench.run --events $(BENCH_EVENTS)$(if $(filter compare,$(BENCH_METRICS)), --compare-metrics)
+
+bench-sinks: topics
+	$(BIN)/python -m bench.sinks --events $(BENCH_EVENTS)
 
 clean: stack-down
 	rm -rf .state .stack/data .stack/logs

@@ -312,7 +312,6 @@ class _RedisSink:
         now = time.monotonic()
         if now - self._lag_at < LAG_REFRESH_S:
             return
-        self._lag_at = now
         try:
             assigned = self.consumer.assignment()
             unknown = [tp for tp in assigned if (tp.topic, tp.partition) not in self.next_to_write]
@@ -323,13 +322,19 @@ class _RedisSink:
             reported: set[_Partition] = set()
             for tp in assigned:
                 part = (tp.topic, tp.partition)
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                # the offsets of the last fetch response: asking the broker here would queue
+                # behind this consumer's long-poll (~0.5 s a partition, measured)
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    continue  # not fetched yet
                 waiting = max(0, high - max(low, self.next_to_write.get(part, low)))
                 metrics.SINK_LAG_MESSAGES.labels(SINK, part[0], str(part[1])).set(waiting)
                 reported.add(part)
         except KafkaException as exc:
             log.debug("lag not refreshed: %s", exc)
             return
+        finally:
+            self._lag_at = time.monotonic()  # the next refresh is LAG_REFRESH_S after this one
         for topic, partition in self._lag_reported - reported:
             with contextlib.suppress(KeyError):
                 metrics.SINK_LAG_MESSAGES.remove(SINK, topic, str(partition))

@@ -6,7 +6,10 @@ Two workers share the partitions; the Redis sink runs in a thread. The oracles:
   ``availability.web`` topic (what was published), and ``unknown`` where nothing was;
 - positions (asked of either worker, so about half are forwarded to the other) equal the
   reference fold's on hand and version (``tests.reference``);
-- malformed requests are 400, an unknown channel or position 404, too many pairs 413.
+- malformed requests are 400, an unknown channel or position 404, too many pairs 413;
+- network aggregates (a channel policy with ``aggregates``): the group route answers the latest
+  record of each ``group|sku`` on ``availability.web.groups``, ``unknown`` for a sku never
+  published there, 404 for a group the channel does not aggregate.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from sinks.read_model import RedisReadModel, decode_record, encode_record
@@ -21,8 +25,16 @@ from streams import topics
 from streams.query_api import MAX_PAIRS
 from tests.integration.conftest import Deployment
 from tests.integration.kafka_io import latest_by_key, poll_until, produce, read_all
+from tests.integration.test_aggregates import (
+    GROUP,
+    POLICY,
+    SKUS,
+    assert_aggregates_reach_the_sums,
+    stock_events,
+)
 from tests.integration.test_redis_sink import delete_keys, running_sink, sink_settings
 from tests.integration.test_worker_e2e import (
+    T0,
     Mismatch,
     as_events,
     assert_availability_reaches_reference,
@@ -48,9 +60,9 @@ def request(port: int, path: str, body: Any = None, raw: bytes | None = None) ->
     return status, json.loads(text)
 
 
-def published(dep: Deployment) -> dict[str, dict[str, Any]]:
-    """key -> the latest record on availability.web, as the read model stores it."""
-    topic = topics.availability("web").full_name(dep.settings)
+def published(dep: Deployment, spec: topics.TopicSpec | None = None) -> dict[str, dict[str, Any]]:
+    """key -> the latest record on availability.web (or ``spec``), as the read model stores it."""
+    topic = (spec or topics.availability("web")).full_name(dep.settings)
     latest = latest_by_key(read_all(dep.settings, topic))
     return {
         key: decode_record(encode_record({k: v for k, v in r.items() if not k.startswith("_")}))
@@ -142,7 +154,7 @@ def test_the_query_api_answers_what_was_published_and_the_positions_behind_it(
         assert status == 404 and "no position" in answer["error"], answer
 
         # refused requests
-        refused = [
+        refused: list[tuple[int, str, Any, bytes | None, int]] = [
             (ports[0], "/v1/availability/bopis/SKU0?locations=S0", None, None, 404),
             (ports[0], "/v1/availability/web/SKU0", None, None, 400),
             (ports[0], "/v1/availability/web/SKU0?locations=S0,,S1", None, None, 400),
@@ -161,6 +173,56 @@ def test_the_query_api_answers_what_was_published_and_the_positions_behind_it(
             status, answer = request(port, path, body, raw)
             assert (status, answer["status"]) == (code, code), (path, answer)
             assert answer["error"], answer
+    finally:
+        delete_keys(model)
+        model.close()
+
+
+def group_answers_match(port: int, want: dict[str, dict[str, Any]]) -> bool | Mismatch:
+    wrong = {}
+    for sku in SKUS:
+        status, answer = request(port, f"/v1/availability/web/groups/{GROUP}/{sku}")
+        record = want[f"{GROUP}|{sku}"]
+        expected = {"channel": "web", "group": GROUP, "sku": sku, "status": record["status"],
+                    "availability": record}  # fmt: skip
+        if (status, answer) != (200, expected):
+            wrong[sku] = {"status": status, "got": answer, "want": expected}
+    return True if not wrong else Mismatch(wrong)
+
+
+def test_the_group_route_answers_the_published_network_aggregates(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    policy = tmp_path / "channels.toml"
+    policy.write_text(POLICY)  # web aggregates the group "ship"
+    deployment.env["INVSYNC_CHANNEL_POLICY"] = str(policy)
+    settings = sink_settings(deployment)
+    items = stock_events(seed=3, start=T0, n_sales=200)
+    produce(settings, items)
+    deployment.start_worker("w1")
+    port = deployment.web_ports["w1"]
+    model = RedisReadModel.from_settings(settings)
+    try:
+        with running_sink(settings):
+            assert_aggregates_reach_the_sums(deployment, items)
+            want = published(deployment, topics.group_availability("web"))
+            assert set(want) == {f"{GROUP}|{sku}" for sku in SKUS}
+            poll_until(lambda: group_answers_match(port, want), 60, "group answers = the topic")
+        record = want[f"{GROUP}|{SKUS[0]}"]
+        assert record["offered"] > 0 and {"confidence", "locations", "offering"} <= set(record)
+
+        status, answer = request(port, f"/v1/availability/web/groups/{GROUP}/NOPE")
+        assert (status, answer["status"], answer["availability"]) == (200, "unknown", None)
+        refused: list[tuple[str, int, str]] = [
+            ("/v1/availability/web/groups/dcs/SKU1", 404, "no aggregate for group 'dcs'"),
+            ("/v1/availability/bopis/groups/ship/SKU1", 404, "unknown channel"),
+            ("/v1/availability/web/groups/Ship/SKU1", 400, "not a group name"),
+            ("/v1/availability/web/groups/ship/SKU%7C1", 400, "contains '|'"),
+        ]
+        for path, code, says in refused:
+            status, answer = request(port, path)
+            assert (status, answer["status"]) == (code, code), (path, answer)
+            assert says in answer["error"], answer
     finally:
         delete_keys(model)
         model.close()

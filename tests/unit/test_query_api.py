@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterator
+import tomllib
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,27 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.partitioner import DefaultPartitioner
+from jsonschema import Draft202012Validator
 
 from invsync.settings import Settings, load_settings
+from state import channel_policy
+from state.channel_policy import parse_policy
 from state.events import Kind, StockEvent
 from state.position import OpenPosition, Position, to_primitive
 from streams.query_api import (
+    GROUP_NAME,
     MAX_PAIRS,
     OPENAPI_PATH,
     ROUTES,
     RequestError,
+    aggregated_groups,
     availability_items,
     check_channel,
     check_count,
+    check_group,
+    check_group_name,
     check_identifier,
+    group_answer,
     key_partition,
     parse_locations,
     parse_query_body,
@@ -63,6 +72,46 @@ def test_only_configured_channels_are_known() -> None:
     assert check_channel("web", ("web", "bopis")) == "web"
     message = refused(404, check_channel, "market", ("web", "bopis"))
     assert "market" in message and "web, bopis" in message
+
+
+POLICY = """
+[groups.ship]
+location_types = ["dc"]
+prefixes = ["S0"]
+
+[groups.dcs]
+location_types = ["dc"]
+
+[channels.web]
+location_types = ["dc", "store"]
+aggregates = ["ship", "dcs"]
+min_confidence = 0.0
+thresholds = { out = 0, low = 5 }
+
+[channels.bopis]
+location_types = ["store"]
+min_confidence = 0.9
+thresholds = { out = 0, low = 2 }
+"""
+
+
+def test_group_names_follow_the_policy_files_pattern() -> None:
+    assert GROUP_NAME.pattern == channel_policy._NAME.pattern  # the names a policy can define
+    assert check_group_name("network_ship-2") == "network_ship-2"
+    for bad in ("", "Ship", "ship|x", "ship:x", "1ship", "ship x"):
+        assert "not a group name" in refused(400, check_group_name, bad)
+
+
+def test_a_group_is_known_only_to_the_channels_that_aggregate_it() -> None:
+    policy = parse_policy(tomllib.loads(POLICY))
+    settings = load_settings(channels="web,bopis")
+    aggregated = aggregated_groups(settings, policy)
+    assert aggregated == {"web": ("ship", "dcs"), "bopis": ()}
+    assert check_group("web", "dcs", aggregated) == "dcs"
+    message = refused(404, check_group, "web", "stores", aggregated)
+    assert "'stores'" in message and "has: ship, dcs" in message
+    assert "has: none" in refused(404, check_group, "bopis", "ship", aggregated)
+    assert "ship" in refused(404, check_group, "market", "ship", aggregated)
 
 
 def test_at_most_max_pairs() -> None:
@@ -126,6 +175,35 @@ def test_each_pair_gets_its_record_and_status_or_unknown() -> None:
         {"sku": "A", "location": "S1", "status": "low", "availability": record},
         {"sku": "A", "location": "S9", "status": "unknown", "availability": None},
     ]
+
+
+GROUP_RECORD = {
+    "channel": "web", "group": "ship", "sku": "A", "offered": 12, "status": "in",
+    "confidence": 0.83, "version": 41, "locations": 3, "offering": 2, "as_of": 1_767_225_600_000,
+}  # fmt: skip
+
+
+def test_a_group_answer_is_the_stored_record_and_its_status_or_unknown() -> None:
+    assert group_answer("web", "ship", "A", GROUP_RECORD) == {
+        "channel": "web", "group": "ship", "sku": "A", "status": "in",
+        "availability": GROUP_RECORD,
+    }  # fmt: skip
+    assert group_answer("web", "ship", "B", None) == {
+        "channel": "web", "group": "ship", "sku": "B", "status": "unknown", "availability": None,
+    }  # fmt: skip
+
+
+def test_group_answers_match_the_documented_schema() -> None:
+    document = openapi()
+    validator = Draft202012Validator(
+        {"$ref": "#/components/schemas/GroupAnswer", "components": document["components"]}
+    )
+    validator.validate(group_answer("web", "ship", "A", GROUP_RECORD))
+    validator.validate(group_answer("web", "ship", "A", None))
+    assert not validator.is_valid(group_answer("web", "ship", "A", {"offered": 1}))
+    avro = orjson.loads((ROOT / "schemas" / "avro" / "group_availability.avsc").read_bytes())
+    documented = document["components"]["schemas"]["GroupAvailabilityRecord"]["properties"]
+    assert {field["name"] for field in avro["fields"]} == set(documented)
 
 
 def event(i: int, kind: Kind, at: int, qty: int) -> StockEvent:
@@ -247,6 +325,10 @@ Call = Callable[..., tuple[int, Any, str]]
 
 @pytest.fixture
 def call(app: faust.App) -> Iterator[Call]:
+    yield from serving(app)
+
+
+def serving(app: faust.App) -> Generator[Call, None, None]:
     """Requests through the app's aiohttp application (the real routing and views), on one
     event loop (an aiohttp application is bound to the loop it first ran on)."""
     loop = asyncio.new_event_loop()
@@ -259,9 +341,11 @@ def call(app: faust.App) -> Iterator[Call]:
         data = orjson.loads(text) if reply.content_type == "application/json" else None
         return reply.status, data, text
 
-    yield lambda method, path, **kwargs: loop.run_until_complete(request(method, path, **kwargs))
-    loop.run_until_complete(client.close())
-    loop.close()
+    try:
+        yield lambda method, path, **kw: loop.run_until_complete(request(method, path, **kw))
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
 
 
 def test_bad_requests_are_refused_with_a_json_message_before_redis_is_asked(
@@ -290,6 +374,57 @@ def test_bad_requests_are_refused_with_a_json_message_before_redis_is_asked(
     assert got == 413
     got, data, _ = call("POST", "/v1/availability/web/query", data=b"x" * (2 * 1024**2))
     assert got == 413 and "too large" in data["error"]
+
+
+def test_without_a_policy_file_no_channel_has_groups(call: Call) -> None:
+    got, data, _ = call("GET", "/v1/availability/web/groups/ship/SKU1")
+    assert got == 404 and "publishes no aggregate for group 'ship' (has: none)" in data["error"]
+
+
+def policy_app(settings: Settings, name: str, **kwargs: Any) -> faust.App:
+    app = faust.App(name, store="memory://", web_in_thread=False)
+    positions = app.Table("positions", partitions=4, key_type=bytes, value_type=bytes)
+    register_query_api(app, settings, positions, **kwargs)
+    return app
+
+
+@pytest.fixture
+def policy_call(app_settings: Settings, tmp_path: Path) -> Iterator[Call]:
+    """:func:`call` on an app whose settings name a policy file with aggregates."""
+    policy = tmp_path / "channels.toml"
+    policy.write_text(POLICY)
+    settings = app_settings.model_copy(update={"channel_policy": policy})
+    yield from serving(policy_app(settings, "query-api-policy-file"))
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "says"),
+    [
+        ("/v1/availability/market/groups/ship/SKU1", 404, "unknown channel 'market'"),
+        ("/v1/availability/web/groups/stores/SKU1", 404, "no aggregate for group 'stores'"),
+        ("/v1/availability/bopis/groups/ship/SKU1", 404, "(has: none)"),
+        ("/v1/availability/web/groups/Ship/SKU1", 400, "not a group name"),
+        ("/v1/availability/web/groups/sh%7Cip/SKU1", 400, "not a group name"),
+        ("/v1/availability/web/groups/ship/A%7CB", 400, "contains '|'"),
+        ("/v1/availability/web/groups/ship/SKU1", 503, "read model is unavailable"),  # known
+        ("/v1/availability/web/groups/dcs/SKU1", 503, "read model is unavailable"),
+    ],
+)
+def test_group_requests_are_checked_before_redis_is_asked(
+    policy_call: Call, path: str, status: int, says: str
+) -> None:
+    got, data, text = policy_call("GET", path)
+    assert got == status, (path, text)
+    assert data["status"] == status and says in data["error"], data
+
+
+def test_a_policy_passed_in_is_used_instead_of_the_settings_file(app_settings: Settings) -> None:
+    policy = parse_policy(tomllib.loads(POLICY))  # the settings name no policy file
+    requests = serving(policy_app(app_settings, "query-api-policy-arg", policy=policy))
+    call = next(requests)
+    assert call("GET", "/v1/availability/web/groups/ship/S")[0] == 503  # known: Redis asked
+    assert call("GET", "/v1/availability/bopis/groups/ship/S")[0] == 404
+    requests.close()
 
 
 def test_redis_down_is_503_with_a_message(call: Call) -> None:
