@@ -32,6 +32,7 @@ from streams.channel_publisher import register_publishers
 from streams.codec import Codec, DecodeError
 from streams.consumer import PromptConsumer
 from streams.delivery import Outputs, Ticket
+from streams.event_time import RecordTime
 from streams.fold_batch import BatchFolder
 from streams.hold_batch import HoldFolder
 from streams.learning import register_learning
@@ -107,17 +108,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     # not the record's timestamp). Values: count_id -> [discrepancy, units moved], so a count
     # delivered more than once is kept once.
     discrepancies_topic = topics.COUNT_DISCREPANCIES.full_name(settings)
-
-    last_counted: dict[str, Any] = {"event": None, "at": 0.0}  # set by the agent's own decode
-
-    def counted_at(event: EventT | None) -> float:
-        if event is None:
-            raise RuntimeError("count discrepancy windows are used only inside the agent")
-        if last_counted["event"] is not event:
-            record = codec.decode(discrepancies_topic, event.value)
-            last_counted.update(event=event, at=float(record["counted_at"]) / 1000)
-        return float(last_counted["at"])
-
+    counted_at = RecordTime(codec, discrepancies_topic, "counted_at")
     discrepancy_windows = (
         app.Table(DISCREPANCIES_TABLE, default=dict, partitions=settings.partitions)
         .tumbling(timedelta(days=1), expires=timedelta(days=90))
@@ -137,7 +128,7 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
                     "undecodable count discrepancy at offset %s: %s", event.message.offset, exc
                 )
                 continue
-            last_counted.update(event=event, at=float(record["counted_at"]) / 1000)
+            counted_at.set(event, record["counted_at"])
             day = dict(discrepancy_windows[record["location"]].value())
             day[record["count_id"]] = [record["discrepancy"], record["units_moved"]]
             discrepancy_windows[record["location"]] = day

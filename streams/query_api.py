@@ -257,6 +257,7 @@ def position_view(sku: str, location: str, stored: bytes) -> dict[str, Any]:
         "version": position.version,
         "on_hand": ledger.on_hand,
         "reserved": ledger.reserved,
+        "in_transit": ledger.in_transit,
         "last_count_at": ledger.last_count_at,
         "last_count_id": ledger.last_count_id or None,
         "last_discrepancy": ledger.last_discrepancy,

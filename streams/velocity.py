@@ -38,13 +38,13 @@ from datetime import timedelta
 from typing import Any, cast
 
 import faust
-from faust.types import EventT
 
 from invsync.settings import Settings
 from state.velocity import LONG_HOURS, demand_rate, demand_units, window_starts
 from streams import topics
 from streams.codec import Codec, DecodeError
 from streams.consumer import PromptConsumer
+from streams.event_time import RecordTime
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,7 @@ RETAIN = timedelta(days=7)
 def register_velocity(app: faust.App, settings: Settings, codec: Codec) -> None:
     """Declare the ``demand-velocity`` windowed table and register its agent on ``app``."""
     deltas_topic = topics.ERP_STOCK_DELTAS.full_name(settings)
-    current: dict[str, Any] = {"event": None, "at": 0.0}  # set by the agent before each write
-
-    def window_time(event: EventT | None) -> float:
-        """The delta's event time (its netting window's start), in seconds."""
-        if event is None:
-            raise RuntimeError("the velocity windows are used only inside the agent")
-        if current["event"] is not event:
-            record = codec.decode(deltas_topic, event.value)
-            current.update(event=event, at=float(record["window_start"]) / 1000)
-        return float(current["at"])
+    window_time = RecordTime(codec, deltas_topic, "window_start")  # the netting window's
 
     windows = (
         app.Table(VELOCITY_TABLE, default=dict, partitions=settings.partitions)
@@ -87,7 +78,7 @@ def register_velocity(app: faust.App, settings: Settings, codec: Codec) -> None:
                 demand = demand_units(record["reasons"])
                 key = topics.make_key(str(record["sku"]), str(record["location"]))
                 delta_id = str(record["delta_id"])
-                at = float(record["window_start"]) / 1000
+                at = record["window_start"]
             except (DecodeError, KeyError, TypeError, ValueError) as exc:
                 # our own topic (the ERP dispatcher dead-letters what it cannot read): a bug
                 log.error("unreadable ERP delta at %s offset %s: %s", message.tp, message.offset,
@@ -95,7 +86,7 @@ def register_velocity(app: faust.App, settings: Settings, codec: Codec) -> None:
                 guard.on_folded(message.tp, message.offset)
                 continue
             if demand:
-                current.update(event=event, at=at)
+                window_time.set(event, at)
                 window = windows[key].value()
                 if window.get(delta_id) != demand:
                     windows[key] = {**window, delta_id: demand}  # a new dict: the store's stays
