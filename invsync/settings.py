@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         description="learn each location type's loss rate and variance terms from count "
         "discrepancies, starting from the priors (streams/learning.py); false: the priors only",
     )
+    demand_velocity: bool = Field(
+        False,
+        description="keep demand velocity per sku-location in an hourly Faust windowed table "
+        "(streams/velocity.py, shown by GET /v1/positions); it costs a Faust table write per "
+        "netted ERP delta, on the fold's core",
+    )
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
     metrics_enabled: bool = Field(
         True,

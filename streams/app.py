@@ -102,7 +102,8 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
     register_aggregates(app, settings, policy, codec, outputs, progress)  # network sums
     # accuracy per location type learned from settled counts; the fold projects with it
     folder.accuracy = register_learning(app, settings, codec, outputs, progress).get
-    register_velocity(app, settings, codec)  # demand per sku|location, hourly windows, 7 days
+    if settings.demand_velocity:  # off by default: a Faust table write per netted delta
+        register_velocity(app, settings, codec)  # demand per sku|location, hourly windows
 
     # Count discrepancies per location, kept 90 days in daily event-time windows (by counted_at,
     # not the record's timestamp). Values: count_id -> [discrepancy, units moved], so a count

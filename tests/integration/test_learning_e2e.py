@@ -168,6 +168,7 @@ def _position(port: int, sku: str, loc: str) -> tuple[int, Any]:
 
 
 def test_demand_velocity_comes_from_the_hourly_windows_of_the_netted_deltas(deployment):
+    deployment.env["INVSYNC_DEMAND_VELOCITY"] = "true"  # off by default
     # recent event times: Faust expires windows by the wall clock (7 days)
     base = hour_start(int(time.time() * 1000)) - 2 * 24 * HOUR_MS
     store, dc = ("SKU1", "S1"), ("SKU1", "DC1")
