@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     )
     batch_max: int = Field(2000, ge=1, le=100_000, description="max events folded per batch")
     batch_within_ms: int = Field(50, ge=1, le=60_000, description="max wait to fill a batch")
+    sweep_keys: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="due positions advanced per batch when stream time jumps (bounds one "
+        "batch's time, ~250 us a position, so the worker keeps folding fresh events)",
+    )
     lateness_ms: int = Field(
         600_000, ge=0, description="event-time lateness bound; later events are marked late"
     )

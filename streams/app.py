@@ -46,6 +46,7 @@ POSITIONS_TABLE = "positions"
 RESERVATIONS_TABLE = "reservations"
 DISCREPANCIES_TABLE = "count-discrepancies"
 MAX_IN_FLIGHT_BATCHES = 4  # folded, not yet acknowledged by the broker: bounds memory and redo
+SWEEP_TICK_S, SWEEP_IDLE_S = 0.1, 0.5  # the sweep timer: its period, and input quiet this long
 
 
 def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = None) -> faust.App:
@@ -142,6 +143,19 @@ def create_app(settings: Settings, policy: ChannelPolicy, codec: Codec | None = 
         holds.advance_idle(assigned, ticket)
         ticket.seal()
         await _delivered(app, ticket, stores)
+
+    @app.timer(SWEEP_TICK_S)
+    async def finish_sweeps() -> None:
+        """Due keys left by a bounded sweep are advanced when the input has stopped (while it
+        flows, each batch advances its share: see streams/fold_batch.py)."""
+        if time.monotonic() - folder.last_batch_at < SWEEP_IDLE_S:
+            return
+        partitions = folder.sweep_backlog()
+        if partitions:
+            ticket = outputs.ticket()
+            folder.sweep(partitions, ticket)
+            ticket.seal()
+            await _delivered(app, ticket, stores)
 
     async def close_outputs(*args: Any, **kwargs: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, outputs.close)

@@ -21,6 +21,11 @@ re-emits the same notice (its positions' records are re-published for the same r
 the destination recognises as a duplicate; a source duplicate (same identity, recognised by the
 fold) emits nothing: its original's notice is in an earlier or the same ticket. Transfers whose
 deadline a partition's horizon passes expire at quiet keys too (the due-key sweep below).
+The sweep is bounded per batch (``settings.sweep_keys``): a jump in stream time (a partition back
+after hours, the end of a replay) makes every open position due at once, and settling a
+million of them (~250 µs each) in one synchronous batch would stall the event loop for minutes,
+past the consumer's poll interval; bounded, fresh events keep flowing between the sweep's
+batches. A timer in ``streams/app.py`` finishes the sweep when input stops.
 
 Events of partitions this worker no longer owns (taken away by a rebalance after they were
 fetched) are left out of the batch and not acked: their new owner folds them again from the
@@ -39,6 +44,7 @@ delivers late, after later ones of the same key, is still applied.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -146,6 +152,7 @@ class BatchFolder:
         # per partition: key -> the horizon at which it needs advancing (_due_at)
         self.open_windows: dict[int, dict[bytes, int]] = {}
         self.next_due: dict[int, int] = {}  # per partition: no key is due before this
+        self.last_batch_at = 0.0  # time.monotonic() of the last batch (the sweep timer waits)
         self.windows_generation: int | None = None
         self.parsers: dict[str, Parser] = {
             topics.POS_SALES.full_name(settings): sale_from_record,
@@ -174,6 +181,7 @@ class BatchFolder:
         """Fold ``events`` and queue every record they cause on ``ticket`` (sealed by the
         caller). Synchronous: nothing else runs on the event loop while a batch folds."""
         result = BatchResult()
+        self.last_batch_at = time.monotonic()
         outcomes = result.outcomes
         letters: list[DeadLetter] = []
         valid: list[tuple[EventT, StockEvent, int]] = []  # with the watermark at its arrival
@@ -270,24 +278,40 @@ class BatchFolder:
         self.outputs.produce(ticket, self.transfers, key, value)
 
     def _close_due_windows(self, partitions: set[int], touched: dict[bytes, _Touched]) -> None:
-        """Advance every position of ``partitions`` that the partition's horizon (watermark -
+        """Advance the positions of ``partitions`` that the partition's horizon (watermark -
         lateness) has passed something of: the end of its open ERP netting window, or its
         earliest pending event. So a key that went quiet, or whose last events were fetched
         before the others of its partition, still settles its events and counts, gets its
         windows delivered and its snapshots reconciled; :meth:`_write_and_publish` queues the
-        records."""
+        records. At most ``settings.sweep_keys`` in all (shared evenly by the partitions, the
+        longest due first); the rest are left to the next batch or the sweep timer
+        (:meth:`sweep`). A key touched by an event
+        meanwhile is advanced by its fold anyway, at the later watermark: the same result as
+        being swept first, but for an event that arrives already behind the partition's
+        horizon, which then settles in event-time order instead of as ``late``."""
         lateness_ms = self.settings.lateness_ms
-        for partition in partitions:
+        candidates: dict[int, tuple[int, list[tuple[int, bytes]]]] = {}
+        for partition in sorted(partitions):
             watermark = self.clock.watermark(partition)
             horizon = watermark - lateness_ms
             index = self._windows_of(partition)
             if horizon < self.next_due.get(partition, NEVER):
                 continue  # no key can be due: skip the scan (the common case)
-            due = [key for key, end in index.items() if end <= horizon]
+            due_ends = [(end, key) for key, end in index.items() if end <= horizon]
             # swept keys that are due again later lower this in _index_window
             self.next_due[partition] = min(
                 (end for end in index.values() if end > horizon), default=MAX_TIME
             )
+            if due_ends:
+                candidates[partition] = (watermark, due_ends)
+        budget = self.settings.sweep_keys  # shared by the partitions with due keys
+        for n, (partition, (watermark, due_ends)) in enumerate(candidates.items()):
+            limit = -(-budget // (len(candidates) - n))  # an even share of what is left
+            if len(due_ends) > limit:  # the longest due first; the rest wait their turn
+                due_ends = heapq.nsmallest(limit + 1, due_ends)
+                self.next_due[partition] = due_ends.pop()[0]
+            budget -= len(due_ends)
+            due = [key for _, key in due_ends]
             missing = [key for key in due if key not in touched]
             for key, entry in self._open_positions(partition, missing).items():
                 touched[key] = entry
@@ -295,6 +319,29 @@ class BatchFolder:
                 position = touched[key].position
                 position.netting.key = topics.split_key(key.decode())
                 position.advance(watermark, lateness_ms=lateness_ms)
+
+    def sweep_backlog(self) -> set[int]:
+        """Assigned partitions with due keys left by a bounded sweep (``settings.sweep_keys``)."""
+        if self.windows_generation != self.table.app.consumer_generation_id:
+            return set()  # the next batch rebuilds the due index first
+        assigned = {tp.partition for tp in self.table.app.consumer.assignment()
+                    if tp.topic in self.parsers}  # fmt: skip
+        lateness_ms = self.settings.lateness_ms
+        return {
+            p for p in assigned
+            if p in self.next_due
+            and self.next_due[p] <= self.clock.watermark(p) - lateness_ms
+        }  # fmt: skip
+
+    def sweep(self, partitions: set[int], ticket: Ticket) -> int:
+        """Advance up to ``settings.sweep_keys`` more due keys of ``partitions`` (from
+        :meth:`sweep_backlog`) and queue their records on ``ticket``: the timer that finishes a
+        sweep when no more input arrives. Returns the number of keys advanced."""
+        self.applied.for_generation(self.table.app.consumer_generation_id)
+        touched: dict[bytes, _Touched] = {}
+        self._close_due_windows(partitions, touched)
+        self._write_and_publish(touched, ticket)
+        return len(touched)
 
     def _windows_of(self, partition: int) -> dict[bytes, int]:
         """The due index of ``partition`` (key -> horizon at which it needs advancing), rebuilt
