@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from state.availability import assess_ledger
-from state.confidence import PRIORS, ClassAccuracy
+from state.confidence import PRIORS, ClassAccuracy, learn_from_count
 from state.events import Kind, StockEvent
 from state.position import Ledger, apply
 from state.trading_hours import ALWAYS_OPEN, TradingHours
@@ -442,11 +442,19 @@ def simulate(
             counts["counts"] += 1
             record(site, Kind.COUNT, at, counted, f"c{site.seq}")
             after = site.ledger
-            if before.last_count_at is not None and after.last_discrepancy is not None:
-                days_between = (at - before.last_count_at) / DAY_MS
-                accuracy[site.kind] = accuracy[site.kind].learn(
-                    after.last_discrepancy, before.moved_since_count, days_between, counted
+            learned = None
+            if after.last_discrepancy is not None:  # the terms of the worker's SettledCount
+                learned = learn_from_count(
+                    accuracy[site.kind],
+                    discrepancy=after.last_discrepancy,
+                    units_moved=before.moved_since_count,
+                    counted=counted,
+                    counted_at=at,
+                    previous_count_at=before.last_count_at,
+                    last_sighting_at=before.last_sighting,
                 )
+            if learned is not None:
+                accuracy[site.kind] = learned
                 counts["learned_from"] += 1
             review(index, hour)
         min_true = min(min_true, site.true)

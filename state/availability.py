@@ -122,8 +122,8 @@ def assess_ledger(
     the position's :func:`velocity`, weighed with ``accuracy`` (its location class's)."""
     now = max(stream_time, ledger.as_of)
     count_age = None if ledger.last_count_at is None else max(0, now - ledger.last_count_at)
-    sightings = [t for t in (ledger.last_sale_at, ledger.last_count_at) if t is not None]
-    silence = trading_hours.elapsed_ms(max(sightings), now) if sightings else None
+    sighted = ledger.last_sighting
+    silence = None if sighted is None else trading_hours.elapsed_ms(sighted, now)
     demand = velocity(ledger)
     return assess(
         ledger.on_hand,

@@ -126,17 +126,28 @@ class ClassAccuracy:
         return base + self.drift_var(units_moved, days) + self.loss_var * units_moved**2
 
     def learn(
-        self, discrepancy: float, units_moved: float, days: float, counted: float | None = None
+        self,
+        discrepancy: float,
+        units_moved: float,
+        days: float,
+        counted: float | None = None,
+        sighted_days: float | None = None,
     ) -> ClassAccuracy:
         """The state after one count: ``discrepancy`` = counted - recorded as of the count,
         ``units_moved`` and ``days`` since the previous count of the same position, ``counted``
-        the units found (``None``: unknown, never taken for a phantom).
+        the units found (``None``: unknown, never taken for a phantom), ``sighted_days`` the
+        days from the previous count to the last sighting before this count (the last sale, or
+        the previous count itself; ``None``: unknown).
 
         **The shelf found empty**: a count that finds nothing (``counted == 0``) where the record
         expected stock is an onset of what the freezing test looks for (phantom stock, or the
         last units gone unrecorded), not drift: it adds one event to the onset rate's Gamma
-        posterior and teaches the loss rate and drift nothing. Every count adds ``days`` of
-        exposure to that posterior.
+        posterior and teaches the loss rate and drift nothing. Every count adds exposure to that
+        posterior: ``days``, except after an onset, which can only start while the stock is
+        there: then the time up to the onset, somewhere after the last sighting (taken as
+        halfway between it and the count; the whole ``days`` when the sighting is unknown).
+        Counting the empty time too understated the rate by ~15 % on a simulated network with
+        monthly counts, and the freezing test with it.
 
         **Drift and loss**, otherwise: with ``k^ = E[k]``, drift ``D = k^ (a U + b T)``, noise
         ``N = D + 2c``, predictive variance ``V = N + Var(lam) U^2`` and residual
@@ -161,7 +172,15 @@ class ClassAccuracy:
         )
         expected_gap = -discrepancy - self.loss_mean * units
         if counted == 0 and expected_gap > 0:
-            return replace(exposed, phantom_events=self.phantom_events + 1.0)
+            stocked = days
+            if sighted_days is not None and math.isfinite(sighted_days):
+                sighted = min(days, max(0.0, sighted_days))
+                stocked = sighted + (days - sighted) / 2.0
+            return replace(
+                exposed,
+                phantom_days=self.phantom_days + stocked,
+                phantom_events=self.phantom_events + 1.0,
+            )
         bound = CLIP_SD * math.sqrt(predictive)
         residual = min(bound, max(-bound, expected_gap))
         precision = 1.0 / self.loss_var + units**2 / noise
@@ -416,15 +435,18 @@ def learn_from_count(
     counted: int | None,
     counted_at: int,
     previous_count_at: int | None,
+    last_sighting_at: int | None = None,
 ) -> ClassAccuracy | None:
     """The state after one settled count (a ``count_discrepancy`` record's terms: event-time
     millis), or ``None`` when the count teaches nothing: a position's first count
     (``previous_count_at`` null) measures the opening record, not loss. The same rule and terms
-    as ``invsync quality``: :meth:`ClassAccuracy.learn` with the days between the two counts."""
+    as ``invsync quality``: :meth:`ClassAccuracy.learn` with the days between the two counts and
+    from the previous count to ``last_sighting_at`` (null: unknown, e.g. an older record)."""
     if previous_count_at is None:
         return None
     days = max(0, counted_at - previous_count_at) / DAY_MS
-    return accuracy.learn(discrepancy, units_moved, days, counted)
+    sighted = None if last_sighting_at is None else (last_sighting_at - previous_count_at) / DAY_MS
+    return accuracy.learn(discrepancy, units_moved, days, counted, sighted)
 
 
 ACCURACY_FIELDS = tuple(f.name for f in fields(ClassAccuracy))

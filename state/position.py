@@ -111,6 +111,13 @@ class Ledger(NamedTuple):
     in_transit: int = 0  # units of open transfers into this location (see Transfer)
     transfers: tuple[Transfer, ...] = ()  # open and recently ended, sorted by transfer_id
 
+    @property
+    def last_sighting(self) -> int | None:
+        """When the stock was last seen there: the last sale (or pick) or count; None: never."""
+        if self.last_sale_at is None or self.last_count_at is None:
+            return self.last_count_at if self.last_sale_at is None else self.last_sale_at
+        return max(self.last_sale_at, self.last_count_at)
+
 
 def _book_transfer(
     ledger: Ledger, transfer_id: str, *, shipped: int = 0, received: int = 0, at: int
@@ -332,6 +339,7 @@ class SettledCount(NamedTuple):
     discrepancy: int
     units_moved: int  # units moved since the previous count, up to this one
     previous_count_at: int | None  # None: the position's first count
+    last_sighting_at: int | None = None  # the last sale or count before it: the stock was there
 
 
 class Drift(NamedTuple):
@@ -352,8 +360,10 @@ def _settled_count(before: Ledger, after: Ledger, event: StockEvent) -> SettledC
     took_effect = (after.last_count_at, after.last_count_id) == (event.effective_at, event.ref)
     if event.kind is not Kind.COUNT or not took_effect:
         return None  # not a count, or superseded by a newer one
+    sighted = before.last_sighting
+    sighted = None if sighted is None else min(sighted, event.effective_at)
     return SettledCount(event, before.on_hand, event.quantity - before.on_hand,
-                        before.moved_since_count, before.last_count_at)  # fmt: skip
+                        before.moved_since_count, before.last_count_at, sighted)  # fmt: skip
 
 
 class OpenPosition:

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 100
 STUCK_AFTER_S = 15.0  # a frontier this long behind records that went through is repaired
-IDLE_STUCK_AFTER_S = 90.0  # ... and this long behind records that did not (yet)
+IDLE_STUCK_AFTER_S = 90.0  # ... this long behind a record handed to idle streams, not folded
+UNREAD_STUCK_AFTER_S = 900.0  # ... and this long behind one not handed over, or still queued
 REPAIR_EVERY_S = 5.0
 
 
@@ -49,6 +50,10 @@ class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher at start
         return consumer
+
+
+def _nothing_read(tp: TP) -> int | None:
+    return None
 
 
 class PromptConsumer(faust_aiokafka.Consumer):
@@ -108,10 +113,22 @@ class PromptConsumer(faust_aiokafka.Consumer):
         async for _ in self.itertimer(REPAIR_EVERY_S, name="repair_stuck_partitions"):
             if self.app.rebalancing or not self.app.flow_control.is_active():
                 continue
+            # what the fetcher handed to the streams counts as "read" only once their queues are
+            # empty: before that, a record handed over may still wait its turn in them
+            idle = self._queued_in_streams() == 0
             for tp in self.offset_guard.stuck(
-                self._known_highwater, STUCK_AFTER_S, IDLE_STUCK_AFTER_S
+                self._known_highwater,
+                STUCK_AFTER_S,
+                IDLE_STUCK_AFTER_S,
+                read=self._read_offset.get if idle else _nothing_read,
+                unread_after_s=UNREAD_STUCK_AFTER_S,
             ):
                 await self._repair(tp)
+
+    def _queued_in_streams(self) -> int:
+        """Records handed to the streams and not taken by an agent yet (Faust's channel queues:
+        the conductor holds each stream's iterator channel)."""
+        return sum(channel.queue.qsize() for channel in self.app.topics)
 
     def _known_highwater(self, tp: TP) -> int | None:
         try:

@@ -490,6 +490,7 @@ class BatchFolder:
             "counted": count.quantity, "recorded": settled.recorded,
             "discrepancy": settled.discrepancy, "units_moved": settled.units_moved,
             "previous_count_at": settled.previous_count_at,
+            "last_sighting_at": settled.last_sighting_at,
         }  # fmt: skip
         value = self.codec.encode(topics.COUNT_DISCREPANCIES, record)
         self.outputs.produce(ticket, self.discrepancies, count.location.encode(), value)

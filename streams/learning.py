@@ -111,6 +111,7 @@ class Evidence(NamedTuple):
     discrepancy: int
     units_moved: int
     previous_count_at: int | None
+    last_sighting_at: int | None = None  # absent from records written before it existed
 
     @property
     def ident(self) -> str:
@@ -121,6 +122,7 @@ class Evidence(NamedTuple):
     def from_record(cls, record: Mapping[str, Any]) -> Evidence:
         """Raises ``KeyError``/``TypeError``/``ValueError`` on a record of another shape."""
         previous = record["previous_count_at"]
+        sighted = record.get("last_sighting_at")
         return cls(
             str(record["count_id"]),
             str(record["sku"]),
@@ -131,6 +133,7 @@ class Evidence(NamedTuple):
             int(record["discrepancy"]),
             int(record["units_moved"]),
             None if previous is None else _millis(previous),
+            None if sighted is None else _millis(sighted),
         )
 
 
@@ -178,6 +181,7 @@ class LearnerState:
             counted=evidence.counted,
             counted_at=evidence.counted_at,
             previous_count_at=evidence.previous_count_at,
+            last_sighting_at=evidence.last_sighting_at,
         )
         if learned is None:
             return FIRST_COUNT

@@ -22,12 +22,17 @@ seeked to, and moves only over folded offsets and over offsets the broker says h
 
 A frontier that stops moving while records past it went through the pipeline (folded, or acked
 by Faust without reaching an agent) means a record was lost in Faust's pipeline (or is not a
-record at all). :meth:`OffsetGuard.stuck` names such partitions, and, after a longer wait, any
-partition whose frontier stays behind existing records (a loss that left no later trace). A
-partition whose records merely wait their turn behind a backlog in Faust's buffers is not named
-early (refetching would only fetch the same records again). For a named partition the consumer
-asks the broker for the first record at or after the frontier and either skips the non-records
-or seeks the partition back to refetch (see :mod:`streams.consumer`).
+record at all). :meth:`OffsetGuard.stuck` names such partitions; after a longer wait, any
+partition whose frontier record the fetcher handed to the streams, and they took it, without it
+being folded (a loss that left no later trace); and only after a much longer one a partition
+whose frontier record was not handed over yet, or may still wait in Faust's stream queues. A
+partition whose records merely wait their turn behind a backlog (in the broker, the fetcher or
+Faust's queues) is not named early: refetching would only fetch the same records again, and
+records already queued would be folded twice (measured on a 1M-event backlog before this rule:
+921 refetches in 40 minutes, some offsets 15 times).
+For a named partition the consumer asks the broker for the first record at or after the
+frontier and either skips the non-records or seeks the partition back to refetch (see
+:mod:`streams.consumer`).
 """
 
 from __future__ import annotations
@@ -102,18 +107,33 @@ class OffsetGuard:
         return [tp for tp, part in self._partitions.items() if part.frontier is not None]
 
     def stuck(
-        self, highwater: Callable[[TP], int | None], after_s: float, idle_after_s: float
+        self,
+        highwater: Callable[[TP], int | None],
+        after_s: float,
+        idle_after_s: float,
+        read: Callable[[TP], int | None] = lambda tp: None,
+        unread_after_s: float = float("inf"),
     ) -> list[TP]:
         """Partitions whose frontier has not moved although the log has records at or past it
         (``highwater``: the partition's end offset, None if unknown): for ``after_s`` while a
-        record at or past the frontier went through the pipeline, or for ``idle_after_s``."""
+        record at or past the frontier went through the pipeline; for ``idle_after_s`` once
+        the fetcher handed the frontier's record (or a later one) to the streams and they took
+        it (``read``: the last offset handed over, None if none, or if it may still wait in the
+        streams' queues); else (the record waits in a queue, the fetcher or the broker, behind a
+        backlog) for ``unread_after_s``."""
         now = self._clock()
         found = []
         for tp, part in self._partitions.items():
             if part.frontier is None:
                 continue
             waited = now - part.moved_at
-            if waited < (after_s if part.passed >= part.frontier else idle_after_s):
+            if part.passed >= part.frontier:
+                limit = after_s
+            elif (handed := read(tp)) is not None and handed >= part.frontier:
+                limit = idle_after_s
+            else:
+                limit = unread_after_s
+            if waited < limit:
                 continue
             end = highwater(tp)
             if end is not None and end > part.frontier:

@@ -409,9 +409,7 @@ def test_erp_snapshots_report_drift_as_of_their_time_and_never_overwrite(deploym
 
 
 @pytest.mark.parametrize("sweep_keys", [None, 3], ids=["sweep-default", "sweep-3-per-batch"])
-def test_windows_close_when_a_keys_later_events_are_fetched_before_the_rest(
-    deployment, sweep_keys
-):
+def test_windows_close_when_a_keys_later_events_are_fetched_before_the_rest(deployment, sweep_keys):
     """Each key's last event (a day later) is produced with the workload, so it may be folded
     while the partition's other topics still hold time back: the key gets no later event, yet
     its windows must close once the partition's watermark passes them (the due-key sweep).

@@ -273,6 +273,16 @@ def test_a_count_that_finds_an_empty_shelf_teaches_the_phantom_rate_not_the_drif
     assert STORE.learn(2, 20, 30.0, counted=0).phantom_events == STORE.phantom_events
 
 
+def test_an_empty_shelf_was_exposed_to_an_onset_only_until_it_emptied() -> None:
+    """The onset came after the last sighting (day 10 of 30): exposure 10 + half of the 20
+    unseen days. An unknown sighting (or a normal count) exposes the whole interval."""
+    found = STORE.learn(-12, 20, 30.0, counted=0, sighted_days=10.0)
+    assert found.phantom_days == STORE.phantom_days + 20.0
+    assert found.phantom_rate > STORE.learn(-12, 20, 30.0, counted=0).phantom_rate
+    assert STORE.learn(-12, 20, 30.0, 0, 45.0).phantom_days == STORE.phantom_days + 30.0
+    assert STORE.learn(-2, 20, 30.0, 3, 10.0).phantom_days == STORE.phantom_days + 30.0
+
+
 # --- learning from count discrepancies -----------------------------------------------------------
 
 

@@ -54,6 +54,19 @@ def test_a_first_count_teaches_nothing_and_a_later_one_learns_with_the_days_betw
     learned = learn_from_count(store, previous_count_at=3 * DAY_MS, **terms)
     assert learned == store.learn(-4, 30, 7.0, 6)
     assert learned is not None and learned.observations == 1 and learned.loss_mean > store.loss_mean
+    empty = terms | {"discrepancy": -10, "counted": 0}
+    sighted = learn_from_count(store, previous_count_at=3 * DAY_MS, last_sighting_at=5 * DAY_MS,
+                               **empty)  # fmt: skip
+    assert sighted == store.learn(-10, 30, 7.0, 0, 2.0)
+
+
+def test_a_discrepancy_record_without_the_sighting_field_is_read_as_unknown() -> None:
+    record = {"count_id": "c", "sku": "A", "location": "S1", "location_type": "store",
+              "counted_at": T0, "counted": 0, "discrepancy": -4, "units_moved": 9,
+              "previous_count_at": T0 - DAY_MS}  # fmt: skip
+    assert Evidence.from_record(record).last_sighting_at is None
+    seen = Evidence.from_record(record | {"last_sighting_at": T0 - 3_600_000})
+    assert seen.last_sighting_at == T0 - 3_600_000
 
 
 def test_accuracy_fields_round_trip_and_a_corrupt_state_is_refused() -> None:

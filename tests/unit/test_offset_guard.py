@@ -95,8 +95,41 @@ def test_records_waiting_behind_a_backlog_are_not_refetched_early() -> None:
     assert guard.stuck(ends.get, after_s=15, idle_after_s=90) == [TP0]
     guard.waited(TP0)
     guard.start(TP("pos.sales", 1), 0)
-    clock.now = 200  # nothing went through for long: a loss that left no trace
-    assert guard.stuck({**ends, TP("pos.sales", 1): 4}.get, after_s=15, idle_after_s=90) == [
-        TP0,
-        TP("pos.sales", 1),
-    ]
+    clock.now = 200  # handed to the streams, nothing went through for long: a loss, no trace
+    handed = {TP0: 5, TP("pos.sales", 1): 0}
+    assert guard.stuck(
+        {**ends, TP("pos.sales", 1): 4}.get, after_s=15, idle_after_s=90, read=handed.get
+    ) == [TP0, TP("pos.sales", 1)]
+
+
+def test_a_frontier_record_not_yet_handed_to_the_streams_waits_much_longer() -> None:
+    """A backlog: the fetcher has not handed the frontier's record over yet. Refetching would
+    fetch the same records again (and fold twice what is already buffered), so the partition
+    is named only after ``unread_after_s``; once the record was handed over and not folded,
+    after ``idle_after_s``."""
+    clock = Clock()
+    guard = OffsetGuard(clock)
+    guard.start(TP0, 5)
+    ends = {TP0: 100}
+    read: dict[TP, int] = {TP0: 4}  # Faust handed over up to offset 4 (before the frontier)
+
+    def stuck() -> list[TP]:
+        return guard.stuck(ends.get, 15, 90, read=read.get, unread_after_s=900)
+
+    clock.now = 200
+    assert stuck() == []
+    clock.now = 901
+    assert stuck() == [TP0]  # a fetch that never comes: refetch
+    guard.waited(TP0)
+    read[TP0] = 5  # handed over, yet not folded
+    clock.now = 901 + 89
+    assert stuck() == []
+    clock.now = 901 + 91
+    assert stuck() == [TP0]
+    guard.waited(TP0)
+    guard.on_folded(TP0, 5)  # the frontier moves to 6
+    clock.now += 100
+    read[TP0] = 60  # 6.. handed over 100 s ago, not folded
+    assert stuck() == [TP0]
+    del read[TP0]  # none handed over (after a seek to 0, Faust's read offset is None)
+    assert stuck() == []

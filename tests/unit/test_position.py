@@ -176,6 +176,7 @@ def test_a_count_reports_its_discrepancy_when_it_settles_not_before():
     (settled,) = position.settled_counts
     assert (settled.event.event_id, settled.recorded, settled.discrepancy) == ("c1", -2, 12)
     assert (settled.units_moved, settled.previous_count_at) == (2, None)
+    assert settled.last_sighting_at == 0  # the sale before it; the later one is not
 
 
 def test_a_superseded_count_is_no_evidence():
