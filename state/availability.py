@@ -149,14 +149,19 @@ def project(
     policy: Channel | None = None,
     accuracy: ClassAccuracy | None = None,
     trading_hours: TradingHours = ALWAYS_OPEN,
+    assessment: Assessment | None = None,
 ) -> Availability:
     """What ``channel`` is offered of one position: its ``policy`` (eligibility, ATP terms,
     minimum confidence, buffers, cap, thresholds), or the default policy built from
-    ``min_confidence`` and ``low_threshold``."""
+    ``min_confidence`` and ``low_threshold``. ``assessment``: the position's
+    :func:`assess_ledger` at ``stream_time`` when already made (it does not depend on the
+    channel: a position published to several channels is assessed once)."""
     reserved = ledger.reserved
     kind = location_type(location)
-    assessment = assess_ledger(ledger, stream_time=stream_time, accuracy=accuracy or PRIORS[kind],
-                               trading_hours=trading_hours)  # fmt: skip
+    if assessment is None:
+        assessment = assess_ledger(ledger, stream_time=stream_time,
+                                   accuracy=accuracy or PRIORS[kind],
+                                   trading_hours=trading_hours)  # fmt: skip
     rules = policy or default_channel(
         channel, min_confidence=min_confidence, low_threshold=low_threshold
     )

@@ -55,7 +55,7 @@ import orjson
 from faust.types import TP, EventT, TableT
 
 from invsync.settings import Settings
-from state.availability import Availability, location_type, project
+from state.availability import Availability, assess_ledger, location_type, project
 from state.channel_policy import ChannelPolicy
 from state.confidence import PRIORS, ClassAccuracy
 from state.events import (
@@ -162,6 +162,7 @@ class BatchFolder:
             topics.ERP_SNAPSHOTS.full_name(settings): snapshot_from_record,
             topics.TRANSFERS.full_name(settings): transit_from_record,
         }
+        self._highwaters: dict[tuple[str, int], int | None] = {}  # this batch's (_highwater)
         self.clock = PartitionClock(self.parsers, self._highwater, settings.input_skew_ms)
         self.applied = AppliedOffsets(
             lambda partition: self.store.get_many(partition, [MARK_KEY])[0], self._frontier
@@ -172,16 +173,24 @@ class BatchFolder:
         return None if guard is None else guard.frontier(TP(topic, partition))
 
     def _highwater(self, topic: str, partition: int) -> int | None:
+        """The consumer's high watermark, read once per batch (the clock asks for it at every
+        event; the skew bound covers records produced since)."""
+        tp = (topic, partition)
+        if tp in self._highwaters:
+            return self._highwaters[tp]
         try:
-            return self.table.app.consumer.highwater(TP(topic, partition))
+            high = self.table.app.consumer.highwater(TP(topic, partition))
         except Exception:  # not assigned (any more), or not fetched yet
-            return None
+            high = None
+        self._highwaters[tp] = high
+        return high
 
     def process(self, events: Sequence[EventT], ticket: Ticket) -> BatchResult:
         """Fold ``events`` and queue every record they cause on ``ticket`` (sealed by the
         caller). Synchronous: nothing else runs on the event loop while a batch folds."""
         result = BatchResult()
         self.last_batch_at = time.monotonic()
+        self._highwaters.clear()
         outcomes = result.outcomes
         letters: list[DeadLetter] = []
         valid: list[tuple[EventT, StockEvent, int]] = []  # with the watermark at its arrival
@@ -338,6 +347,7 @@ class BatchFolder:
         :meth:`sweep_backlog`) and queue their records on ``ticket``: the timer that finishes a
         sweep when no more input arrives. Returns the number of keys advanced."""
         self.applied.for_generation(self.table.app.consumer_generation_id)
+        self._highwaters.clear()
         touched: dict[bytes, _Touched] = {}
         self._close_due_windows(partitions, touched)
         self._write_and_publish(touched, ticket)
@@ -454,13 +464,14 @@ class BatchFolder:
         sku, location = topics.split_key(key.decode())
         ledger = position.view()
         kind = location_type(location)
-        hours = self.settings.hours_of(kind)
-        accuracy = self.accuracy(kind)
+        assessment = assess_ledger(ledger, stream_time=position.stream_time,
+                                   accuracy=self.accuracy(kind),
+                                   trading_hours=self.settings.hours_of(kind))  # fmt: skip
         first = True
         for channel, topic in self.availability.items():
             availability = project(
                 channel, sku, location, ledger, stream_time=position.stream_time,
-                policy=self.policy.channel(channel), trading_hours=hours, accuracy=accuracy,
+                policy=self.policy.channel(channel), assessment=assessment,
             )  # fmt: skip
             if first:  # model health: the same for every channel, observed once
                 self._observe_model(key, availability)

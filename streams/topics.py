@@ -82,6 +82,7 @@ DEAD_LETTERS = TopicSpec("invsync.dead-letters", "dead_letter", "source topic", 
 INPUTS = (POS_SALES, WMS_MOVEMENTS, CYCLE_COUNTS, RESERVATIONS, ERP_SNAPSHOTS)
 
 
+@cache
 def availability(channel: str) -> TopicSpec:
     """The compacted topic one channel subscribes to: latest availability per sku|location."""
     return TopicSpec(

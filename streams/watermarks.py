@@ -42,9 +42,14 @@ class PartitionClock:
         return high > self.folded_offset.get((topic, partition), -1) + 1
 
     def watermark(self, partition: int) -> int:
-        times = {t: self.stream_time.get((t, partition), NEVER) for t in self.topics}
-        quiet_bound = max(times.values()) - self.max_skew_ms
-        return min(
-            times[t] if self._waiting(t, partition) else max(times[t], quiet_bound)
-            for t in self.topics
-        )
+        stream_time = self.stream_time
+        times = [stream_time.get((t, partition), NEVER) for t in self.topics]
+        quiet_bound = max(times) - self.max_skew_ms
+        low = None
+        for topic, at in zip(self.topics, times, strict=True):
+            if at < quiet_bound and not self._waiting(topic, partition):
+                at = quiet_bound  # quiet: held back by at most the skew bound
+            if low is None or at < low:
+                low = at
+        assert low is not None, "a clock watches at least one topic"
+        return low

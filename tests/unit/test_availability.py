@@ -169,3 +169,19 @@ def test_the_availability_schema_has_every_record_field():
     ledger = ledger_of(count(T0, 1), notice(1, T0, 2))
     record = project("web", "SKU1", "S001", ledger, stream_time=T0).to_record()
     assert fields == list(record)
+
+
+def test_one_assessment_serves_every_channel():
+    # the fold assesses a position once and projects it for each channel with that assessment
+    events = [count(T0, 30)] + [sale(i, T0 + i * 3 * HOUR) for i in range(1, 12)]
+    ledger = ledger_of(*events)
+    at = ledger.as_of + 20 * HOUR
+    assessment = assess_ledger(ledger, stream_time=at, accuracy=PRIORS["store"])
+    for channel, minimum in (("web", 0.8), ("bopis", 0.95), ("marketplace", 0.99)):
+        given = project(channel, "SKU1", "S001", ledger, stream_time=at, min_confidence=minimum,
+                        assessment=assessment)  # fmt: skip
+        made = project(channel, "SKU1", "S001", ledger, stream_time=at, min_confidence=minimum)
+        assert given == made
+    later = assess_ledger(ledger, stream_time=at + 3 * DAY_MS, accuracy=PRIORS["store"])
+    stale = project("web", "SKU1", "S001", ledger, stream_time=at, assessment=later)
+    assert stale.confidence < made.confidence  # the assessment given is the one used
